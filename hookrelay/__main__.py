@@ -1,0 +1,3 @@
+from hookrelay.cli import main
+
+main()

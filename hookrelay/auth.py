@@ -1,0 +1,86 @@
+"""Is this request really from the source? Header, Basic, signature and address checks.
+
+Every comparison is constant-time and every configured check runs, so neither the answer nor its
+timing says which check failed. Parsing untrusted headers never raises anything but our rejections.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import logging
+
+from werkzeug.datastructures import Authorization, Headers
+
+from hookrelay.config import Auth
+from hookrelay.errors import Forbidden, Unauthorized
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Qualifio-Signature"
+
+
+def check_address(auth: Auth, address: str | None, source: str) -> None:
+    """:raise Forbidden: the source has an allow-list and the client is not on it."""
+    if not auth.allow_ips:
+        return
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        ip = None
+    if ip is None or not any(ip in network for network in auth.allow_ips):
+        logger.warning("source %s: address not allowed", source)
+        raise Forbidden("this address may not post to this source")
+
+
+def authenticate(auth: Auth, headers: Headers, basic: Authorization | None, body: bytes,
+                 source: str) -> None:
+    """:raise Unauthorized: any configured check failed (the answer does not say which)."""
+    failed = []
+    if auth.header is not None:
+        name, expected = auth.header
+        if not _equal(headers.get(name, ""), expected):
+            failed.append("header")
+    if auth.basic is not None:
+        username, password = auth.basic
+        given = (basic.username or "", basic.password or "") if basic and basic.type == "basic" else ("", "")
+        if not (_equal(given[0], username) & _equal(given[1], password)):
+            failed.append("basic")
+    if auth.signature_secrets and not verify_signature(
+            headers.get(SIGNATURE_HEADER, ""), body, auth.signature_secrets):
+        failed.append("signature")
+    if failed:
+        logger.warning("source %s: %s check failed", source, " and ".join(failed))
+        raise Unauthorized("missing or wrong credentials")
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The X-Qualifio-Signature value Qualifio sends for `body`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(header: str, body: bytes, secrets: tuple[str, ...]) -> bool:
+    """`sha256=<hex or base64 HMAC-SHA256 of the raw body>` with any of `secrets` (rotation)."""
+    given = _digest(header)
+    matches = [hmac.compare_digest(hmac.new(s.encode(), body, hashlib.sha256).digest(), given)
+               for s in secrets]  # every secret is tried, so timing says nothing of which matched
+    return given != b"" and any(matches)
+
+
+def _digest(header: str) -> bytes:
+    scheme, _, value = header.strip().partition("=")
+    if scheme.lower() != "sha256" or not value:
+        return b""
+    try:
+        if len(value) == 64:
+            return bytes.fromhex(value)
+        return base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        return b""
+
+
+def _equal(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())

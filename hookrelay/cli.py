@@ -1,0 +1,174 @@
+"""The `relay` command: serve, worker, check, try, send, events, replay.
+
+Every RelayError becomes one line on stderr and exit 1; never a traceback for a user error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+from hookrelay import __version__
+from hookrelay.auth import sign
+from hookrelay.config import Config, default_config_path, load_config
+from hookrelay.errors import RelayError
+from hookrelay.runtime import Relay, configure_logging
+from hookrelay.sources import normalise
+from hookrelay.store import STATUSES
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RelayError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    help="config.yaml to use (default: $RELAY_CONFIG or ./config.yaml)")
+
+
+def _config(path: Path | None) -> Config:
+    return load_config(path or default_config_path())
+
+
+@click.group(cls=Group)
+@click.version_option(__version__, prog_name="relay")
+def main() -> None:
+    """hookrelay: Qualifio webhooks in, mapped records out."""
+
+
+@main.command()
+@click.option("--port", type=int, help="port to listen on (default: $PORT or 8000)")
+@config_option
+def serve(port: int | None, config_path: Path | None) -> None:
+    """Run the web app with gunicorn (and the delivery worker inside it)."""
+    _config(config_path)  # refuse to start on a broken config, with its one-line reason
+    if port:
+        os.environ["PORT"] = str(port)
+    if config_path:
+        os.environ["RELAY_CONFIG"] = str(config_path)
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c",
+                               "python:hookrelay.gunicorn_conf", "relay:app"])
+
+
+@main.command()
+@config_option
+def worker(config_path: Path | None) -> None:
+    """Deliver stored events (when web processes run with RELAY_WORKER=off)."""
+    configure_logging()
+    relay = Relay(_config(config_path))
+    click.echo("worker running; Ctrl-C to stop", err=True)
+    relay.worker.run_forever()
+
+
+@main.command()
+@config_option
+def check(config_path: Path | None) -> None:
+    """Validate config.yaml and every mapping a route uses."""
+    config = _config(config_path)
+    click.echo(f"{config.path}: ok: {len(config.sources)} sources, {len(config.destinations)} "
+               f"destinations, {len(config.mappings)} mappings, {len(config.routes)} routes")
+
+
+@main.command("try")
+@click.argument("mapping")
+@click.argument("payload", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--source", help="the source whose format applies (default: the first using MAPPING)")
+@config_option
+def try_(mapping: str, payload: Path, source: str | None, config_path: Path | None) -> None:
+    """Print the record MAPPING makes of the PAYLOAD file, or why it is skipped."""
+    from hookrelay.errors import Skip
+
+    config = _config(config_path)
+    if mapping not in config.mappings:
+        raise RelayError(f"no route uses a mapping named {mapping!r}; "
+                         f"known: {', '.join(sorted(config.mappings)) or '(none)'}")
+    fmt = _format(config, mapping, source)
+    try:
+        data = json.loads(payload.read_bytes())
+    except ValueError as exc:
+        raise RelayError(f"{payload}: not valid JSON ({exc})") from None
+    try:
+        record = config.mappings[mapping].apply(normalise(fmt, data))
+    except Skip as exc:
+        click.echo(f"skipped: {exc.message}")
+        return
+    click.echo(json.dumps(record, ensure_ascii=False, indent=2))
+
+
+def _format(config: Config, mapping: str, source: str | None) -> str:
+    names = [source] if source else [r.source for r in config.routes if r.mapping == mapping]
+    if not names or names[0] not in config.sources:
+        raise RelayError(f"unknown source {source!r}")
+    return config.sources[names[0]].format
+
+
+@main.command()
+@click.argument("payload", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--source", default="qualifio", show_default=True, help="source to post to")
+@click.option("--url", help="relay address (default: http://127.0.0.1:$PORT)")
+@config_option
+def send(payload: Path, source: str, url: str | None, config_path: Path | None) -> None:
+    """Post PAYLOAD as Qualifio would: signed with the source's first secret, with its auth."""
+    config = _config(config_path)
+    src = config.sources.get(source)
+    if src is None:
+        raise RelayError(f"unknown source {source!r}; expected one of {', '.join(sorted(config.sources))}")
+    body = payload.read_bytes()
+    headers = {"Content-Type": "application/json"}
+    if src.auth.signature_secrets:
+        headers["X-Qualifio-Signature"] = sign(body, src.auth.signature_secrets[0])
+    if src.auth.header:
+        headers[src.auth.header[0]] = src.auth.header[1]
+    base = url or f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+    try:
+        answer = requests.post(f"{base.rstrip('/')}/hooks/{source}", data=body, headers=headers,
+                               auth=src.auth.basic, timeout=30)
+    except requests.RequestException as exc:
+        raise RelayError(f"cannot reach the relay at {base} ({type(exc).__name__}); is it running?") from None
+    click.echo(f"{answer.status_code} {answer.text.strip()}")
+    if answer.status_code >= 300:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--status", type=click.Choice(STATUSES), help="only events with a delivery in this state")
+@click.option("--limit", default=50, show_default=True)
+@config_option
+def events(status: str | None, limit: int, config_path: Path | None) -> None:
+    """List recent events and the state of each delivery (no personal data)."""
+    store = Relay(_config(config_path)).store
+    for event in store.list_events(status, limit):  # type: ignore[arg-type]
+        when = dt.datetime.fromtimestamp(event["received_at"]).isoformat(" ", "seconds")
+        click.echo(f"{event['id']}  {when}  {event['source']}")
+        for d in event["deliveries"]:
+            error = f"  {d['last_error']}" if d["last_error"] and d["status"] != "delivered" else ""
+            click.echo(f"    {d['destination']:<16} {d['status']:<9} attempts={d['attempts']}{error}")
+
+
+@main.command()
+@click.argument("event_ids", nargs=-1)
+@click.option("--dead", is_flag=True, help="replay every dead delivery")
+@click.option("--destination", help="only deliveries to this destination")
+@config_option
+def replay(event_ids: tuple[str, ...], dead: bool, destination: str | None,
+           config_path: Path | None) -> None:
+    """Deliver events again: EVENT_ID..., or --dead [--destination D]."""
+    if bool(event_ids) == dead:
+        raise RelayError("give event ids, or --dead (not both)")
+    store = Relay(_config(config_path)).store
+    unknown = set(event_ids) - store.known_events(event_ids)
+    if unknown:
+        raise RelayError(f"no event with id {', '.join(sorted(unknown))}")
+    n = store.replay(event_ids, dead=dead, destination=destination)
+    click.echo(f"{n} deliveries scheduled again")

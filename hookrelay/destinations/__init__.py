@@ -1,0 +1,80 @@
+"""Destinations: where mapped records go. One protocol, one explicit registry.
+
+A destination class validates its own options in its constructor (raising ConfigError with the
+option's name as key) and sends a batch of at most `batch_size` records, raising RetryLater or
+Permanent. `required` lists the record fields without which a record is skipped, not sent.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from hookrelay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hookrelay.config import Document, Key
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One mapped record on its way out; `delivery_id` is stable across retries and replays."""
+
+    delivery_id: str
+    event_id: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every destination may need beyond its own options."""
+
+    base_dir: Path  # the directory of config.yaml; relative paths start there
+    timeout: float  # seconds for one request
+
+
+class Destination(Protocol):
+    type: ClassVar[str]  # what users write after `type:` in config.yaml
+    batch_size: ClassVar[int]  # 1 unless the vendor accepts batches
+    required: ClassVar[tuple[str, ...]]  # record fields without which a record is skipped
+    name: str
+
+    def send(self, records: list[Record]) -> None: ...
+
+
+def _registry() -> dict[str, type[Destination]]:
+    from hookrelay.destinations.file import File
+    from hookrelay.destinations.http import Http
+
+    return {cls.type: cls for cls in (File, Http)}
+
+
+DESTINATIONS: dict[str, type[Destination]] = _registry()
+
+
+def build_destination(doc: Document, key: Key, name: str, options: dict[str, Any],
+                      base_dir: Path, timeout: float) -> Destination:
+    """Validate a destination's options against its class and build it; errors carry the line."""
+    kind = options.pop("type", None)
+    if kind not in DESTINATIONS:
+        raise doc.error(key + ("type",), f"unknown destination type {kind!r}; expected one of "
+                        f"{', '.join(sorted(DESTINATIONS))}")
+    cls = DESTINATIONS[kind]
+    params = {n: p for n, p in inspect.signature(cls).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    for option in options:
+        if option not in params:
+            hint = difflib.get_close_matches(option, params, n=1)
+            also = f"did you mean {hint[0]!r}? " if hint else ""
+            raise doc.error(key + (option,), f"unknown option {option!r} for a {kind} destination; "
+                            f"{also}expected one of {', '.join(sorted(params))}")
+    for option, param in params.items():
+        if param.default is inspect.Parameter.empty and option not in options:
+            raise doc.error(key, f"a {kind} destination needs {option!r}")
+    try:
+        return cls(name, Context(base_dir, timeout), **options)  # type: ignore[call-arg]
+    except ConfigError as exc:
+        raise doc.error(key + ((exc.key,) if exc.key else ()), exc.message) from None

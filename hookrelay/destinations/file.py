@@ -1,0 +1,108 @@
+"""`file`: append records to a CSV or JSON Lines file; needs no credentials.
+
+Safe under concurrent workers and processes: every write holds an exclusive lock on
+`<path>.lock`. CSV columns come from the first record; a record with new fields extends the header
+(the file is rewritten once, under the lock), so every row stays aligned with its header.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from hookrelay.destinations import Context, Record
+from hookrelay.errors import ConfigError, RetryLater
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+class File:
+    type: ClassVar[str] = "file"
+    batch_size: ClassVar[int] = 500
+    required: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str, context: Context, *, path: str) -> None:
+        self.name = name
+        self.path = context.base_dir / str(path)
+        if self.path.suffix not in FORMATS:
+            raise ConfigError(f"expected a file ending in {', '.join(FORMATS)}, got {path!r}",
+                              key="path")
+        self.format = FORMATS[self.path.suffix]
+        self._thread_lock = threading.Lock()  # flock is per process; threads need their own
+
+    def send(self, records: list[Record]) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked():
+                if self.format == "jsonl":
+                    self._append("".join(
+                        json.dumps(r.fields, ensure_ascii=False) + "\n" for r in records))
+                else:
+                    self._append_csv([r.fields for r in records])
+        except OSError as exc:
+            raise RetryLater(f"cannot write {self.path} ({exc.strerror})") from None
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock, open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _append(self, text: str) -> None:
+        with open(self.path, "a", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _append_csv(self, rows: list[dict[str, Any]]) -> None:
+        header = self._header()
+        new = [k for row in rows for k in row if k not in header]
+        columns = header + list(dict.fromkeys(new))
+        if header and new:
+            self._rewrite(columns)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, columns, restval="")
+        if not header:
+            writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+        self._append(out.getvalue())
+
+    def _header(self) -> list[str]:
+        try:
+            with open(self.path, encoding="utf-8", newline="") as f:
+                return next(csv.reader(f), [])
+        except FileNotFoundError:
+            return []
+
+    def _rewrite(self, columns: list[str]) -> None:
+        """Extend the header row: rewrite the file to a temporary one, then swap it in."""
+        temporary = self.path.with_suffix(".csv.tmp")
+        with open(self.path, encoding="utf-8", newline="") as src, \
+                open(temporary, "w", encoding="utf-8", newline="") as dst:
+            writer = csv.DictWriter(dst, columns, restval="")
+            writer.writeheader()
+            writer.writerows(csv.DictReader(src))
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(temporary, self.path)
+
+
+def _cell(value: Any) -> str:
+    """Nested values as JSON text, booleans as true/false, null as an empty cell."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)

@@ -1,0 +1,241 @@
+"""Mappings: compiled JMESPath that turns a normalised payload into a destination's record.
+
+A mapping file holds `when`, `fields` (nested YAML builds nested output), `drop` (the opt-in "0"
+filter), `omit_empty` and `tests`. Expressions are compiled once, when the file is loaded; applying
+a mapping is then a walk over compiled expressions. A record the mapping rejects raises Skip.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import jmespath
+from jmespath import exceptions as jp_errors
+from jmespath import functions
+from jmespath.parser import ParsedResult
+
+from hookrelay.errors import Permanent, Skip
+
+if TYPE_CHECKING:
+    from hookrelay.config import Document, Key
+
+Tree = dict[str, "ParsedResult | Tree"]
+
+
+class Functions(functions.Functions):
+    """Functions beyond standard JMESPath. Each one gives null for a null input instead of failing."""
+
+    @functions.signature({"types": ["string", "null"]})
+    def _func_lower(self, s: str | None) -> str | None:
+        return None if s is None else s.lower()
+
+    @functions.signature({"types": ["string", "null"]})
+    def _func_upper(self, s: str | None) -> str | None:
+        return None if s is None else s.upper()
+
+    @functions.signature({"types": ["string", "null"]})
+    def _func_trim(self, s: str | None) -> str | None:
+        return None if s is None else s.strip()
+
+    @functions.signature({"types": ["string", "null"]})
+    def _func_title(self, s: str | None) -> str | None:
+        return None if s is None else s.title()
+
+    @functions.signature({"types": ["string", "null"]}, {"types": ["string"]}, {"types": ["string"]})
+    def _func_replace(self, s: str | None, old: str, new: str) -> str | None:
+        return None if s is None else s.replace(old, new)
+
+    @functions.signature({"types": ["string", "null"]}, {"types": ["string"]})
+    def _func_split(self, s: str | None, sep: str) -> list[str] | None:
+        return None if s is None else s.split(sep)
+
+    @functions.signature({"types": [], "variadic": True})
+    def _func_concat(self, *values: Any) -> str:
+        return "".join(_text(v) for v in values if v is not None)
+
+    @functions.signature({"types": [], "variadic": True})
+    def _func_coalesce(self, *values: Any) -> Any:
+        return next((v for v in values if v not in (None, "")), None)
+
+    @functions.signature({"types": []}, {"types": []})
+    def _func_default(self, value: Any, fallback: Any) -> Any:
+        return fallback if value in (None, "") else value
+
+    @functions.signature({"types": ["string", "number", "boolean", "null"]})
+    def _func_to_bool(self, value: Any) -> bool | None:
+        if value is None or isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "y", "on", "oui"):
+            return True
+        if text in ("0", "false", "no", "n", "off", "non", ""):
+            return False
+        return None
+
+    @functions.signature({"types": ["string", "number", "null"]})
+    def _func_from_unix(self, seconds: Any) -> str | None:
+        try:
+            moment = dt.datetime.fromtimestamp(float(seconds), dt.UTC)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return moment.isoformat().replace("+00:00", "Z")
+
+    @functions.signature({"types": ["string", "number", "null"]}, {"types": ["string"]})
+    def _func_format_date(self, value: Any, fmt: str) -> str | None:
+        moment = _parse_date(value)
+        return None if moment is None else moment.strftime(fmt)
+
+    @functions.signature()
+    def _func_now(self) -> str:
+        return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    @functions.signature({"types": ["string", "number", "null"]})
+    def _func_md5(self, value: Any) -> str | None:
+        return None if value is None else hashlib.md5(_text(value).encode()).hexdigest()
+
+    @functions.signature({"types": ["string", "number", "null"]})
+    def _func_sha256(self, value: Any) -> str | None:
+        return None if value is None else hashlib.sha256(_text(value).encode()).hexdigest()
+
+    @functions.signature({"types": ["array", "null"]})
+    def _func_pick(self, pairs: list[Any] | None) -> dict[str, Any] | None:
+        if pairs is None:
+            return None
+        return {
+            _text(p[0]): p[1] for p in pairs if isinstance(p, list) and len(p) == 2 and p[0] is not None
+        }
+
+
+def _text(value: Any) -> str:
+    """How a value reads inside a string: 45.0 as 45, true as true, objects as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _parse_date(value: Any) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) or str(value).isdigit():
+        return dt.datetime.fromtimestamp(float(value), dt.UTC)
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+OPTIONS = jmespath.Options(custom_functions=Functions())
+
+
+def compile_expression(doc: Document, text: str, key: Key) -> ParsedResult:
+    """Compile once at load; a syntax error names the file, the line and the key."""
+    try:
+        return jmespath.compile(text)
+    except jp_errors.ParseError as exc:
+        raise doc.error(key, f"invalid JMESPath {text!r}: {exc.msg} at column {exc.lex_position + 1}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    name: str
+    fields: Tree
+    when: ParsedResult | None = None
+    drop_values: tuple[Any, ...] = ()
+    drop_fields: tuple[tuple[str, ...], ...] | None = None  # None: every field
+    omit_empty: bool = False
+    tests: tuple[dict[str, Any], ...] = ()
+    description: str = ""
+
+    def apply(self, payload: Any) -> dict[str, Any]:
+        """The output record for one normalised payload.
+
+        :raise Skip: when `when` rejects the payload.
+        :raise Permanent: when an expression fails on this payload (a mapping bug; replayable).
+        """
+        if self.when is not None and not _truthy(self._search(self.when, payload, "when")):
+            raise Skip(f"when: {self.when.expression}")
+        return self._prune(self._build(self.fields, payload, ()), ())
+
+    def _build(self, tree: Tree, payload: Any, path: tuple[str, ...]) -> dict[str, Any]:
+        return {
+            name: self._build(node, payload, path + (name,)) if isinstance(node, dict)
+            else self._search(node, payload, ".".join(path + (name,)))
+            for name, node in tree.items()
+        }
+
+    @staticmethod
+    def _search(expression: ParsedResult, payload: Any, field: str) -> Any:
+        try:
+            return expression.search(payload, options=OPTIONS)
+        except jp_errors.JMESPathError as exc:
+            # The library's message quotes the offending value: keep only its kind (privacy).
+            raise Permanent(f"field {field}: {type(exc).__name__} in {expression.expression!r}") from None
+
+    def _prune(self, record: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+        out = {}
+        for name, value in record.items():
+            here = path + (name,)
+            if isinstance(value, dict):
+                value = self._prune(value, here)
+                if self.omit_empty and not value:
+                    continue
+            elif self._is_dropped(value, here) or (self.omit_empty and value in (None, "")):
+                continue
+            out[name] = value
+        return out
+
+    def _is_dropped(self, value: Any, path: tuple[str, ...]) -> bool:
+        if not self.drop_values or isinstance(value, bool) or value not in self.drop_values:
+            return False
+        return self.drop_fields is None or path in self.drop_fields
+
+
+def _truthy(value: Any) -> bool:
+    return value not in (None, False, "", [], {})
+
+
+def load_mapping(doc: Document, name: str) -> Mapping:
+    """Validate and compile one mappings/<name>.yaml."""
+    spec = doc.table(doc.data, (), ("description", "when", "fields", "drop", "omit_empty", "tests"))
+    if "fields" not in spec:
+        raise doc.error((), "missing 'fields': a mapping lists its output fields as name: expression")
+    drop = doc.table(spec.get("drop"), ("drop",), ("values", "fields"))
+    drop_fields = None
+    if "fields" in drop:
+        drop_fields = tuple(tuple(f.split(".")) for f in doc.strings(drop["fields"], ("drop", "fields")))
+    omit_empty = spec.get("omit_empty", False)
+    if not isinstance(omit_empty, bool):
+        raise doc.error(("omit_empty",), f"expected true or false, got {omit_empty!r}")
+    tests = spec.get("tests") or []
+    if not isinstance(tests, list):
+        raise doc.error(("tests",), "expected a list of {payload, expect}")
+    return Mapping(
+        name=name,
+        fields=_tree(doc, spec["fields"], ("fields",)),
+        when=doc.expression(spec["when"], ("when",)) if "when" in spec else None,
+        drop_values=tuple(drop.get("values") or ()),
+        drop_fields=drop_fields,
+        omit_empty=omit_empty,
+        tests=tuple(tests),
+        description=str(spec.get("description", "")),
+    )
+
+
+def _tree(doc: Document, value: Any, key: Key) -> Tree:
+    if not isinstance(value, dict) or not value:
+        raise doc.error(key, "expected output fields as name: expression (nested names nest)")
+    return {
+        str(name): _tree(doc, node, key + (name,)) if isinstance(node, dict)
+        else doc.expression(node, key + (name,))
+        for name, node in value.items()
+    }

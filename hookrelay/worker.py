@@ -1,0 +1,166 @@
+"""The delivery worker: claim due deliveries, map them, send them, record the outcome.
+
+Each thread claims at most one destination batch at a time, so a claim's lease only has to cover
+one send. Outcomes: delivered; skipped (the mapping's `when`, or a required field missing);
+pending again after a backoff (RetryLater); dead (Permanent, or max_attempts reached), replayable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from hookrelay import metrics
+from hookrelay.config import Policy
+from hookrelay.destinations import Destination, Record
+from hookrelay.errors import DeliveryError, Permanent, RetryLater, Skip
+from hookrelay.sources import normalise
+from hookrelay.store import Delivery, Outcome
+
+if TYPE_CHECKING:
+    from hookrelay.runtime import Relay
+
+logger = logging.getLogger(__name__)
+
+
+def backoff(policy: Policy, attempt: int, retry_after: float | None,
+            rng: Callable[[], float] = random.random) -> float:
+    """Seconds before attempt `attempt + 1`: Retry-After when the vendor gave one, else full jitter."""
+    if retry_after is not None:
+        return min(retry_after, policy.backoff_max)
+    return rng() * min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1))
+
+
+class Worker:
+    def __init__(self, relay: Relay, threads: int = 4, idle: float = 1.0) -> None:
+        self.relay, self.threads, self.idle = relay, threads, idle
+        self._wakeup, self._stopping = threading.Event(), threading.Event()
+        self._running: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._running = [threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
+                         for i in range(self.threads)]
+        for thread in self._running:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let each thread finish the batch it holds, then return."""
+        self._stopping.set()
+        self._wakeup.set()
+        for thread in self._running:
+            thread.join(timeout)
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or Ctrl-C, then let each thread finish the batch it holds."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self._stopping.set())
+        self.start()
+        while not self._stopping.wait(1):
+            pass
+        self.stop()
+
+    def wake(self) -> None:
+        """New deliveries were stored: look now instead of at the next poll."""
+        self._wakeup.set()
+
+    def _loop(self, offset: int) -> None:
+        while not self._stopping.is_set():
+            try:
+                done = self.run_once(offset)
+            except SQLAlchemyError as exc:
+                logger.error("storage unavailable to the worker (%s); retrying", type(exc).__name__)
+                done = 0
+            if not done:
+                self._wakeup.wait(self.idle)
+                self._wakeup.clear()
+
+    def run_once(self, offset: int = 0) -> int:
+        """Claim and process one batch per destination; returns how many deliveries were done."""
+        config = self.relay.config
+        names = list(config.destinations)
+        done = 0
+        for name in names[offset % len(names):] + names[:offset % len(names)] if names else []:
+            batch = self.relay.store.claim_due(config.destinations[name].batch_size,
+                                               config.policies[name].lease, [name])
+            if batch:
+                self.process(name, batch)
+                done += len(batch)
+        return done
+
+    def process(self, name: str, batch: list[Delivery]) -> None:
+        destination = self.relay.config.destinations.get(name)
+        policy = self.relay.config.policies.get(name, Policy())
+        outcomes, records = self._map(destination, batch)
+        if destination is not None and records:
+            outcomes += self._send(destination, policy, records)
+        self.relay.store.record(outcomes)
+        for o in outcomes:
+            metrics.ATTEMPTS.labels(name, o.status).inc()
+            if o.status == "delivered":
+                metrics.LATENCY.labels(name).observe(max(0.0, time.time() - o.delivery.received_at))
+            logger.info("delivery %s of event %s to %s: %s%s", o.delivery.id, o.delivery.event_id,
+                        name, o.status, f" (http {o.http_status})" if o.http_status else "")
+
+    def _map(self, destination: Destination | None, batch: list[Delivery]
+             ) -> tuple[list[Outcome], list[tuple[Delivery, Record]]]:
+        outcomes, records = [], []
+        for d in batch:
+            now = time.time()
+            try:
+                if destination is None:
+                    raise Permanent(f"destination {d.destination!r} is no longer in the config; "
+                                    "restore it, then replay")
+                mapping = self.relay.config.mappings.get(d.mapping)
+                if mapping is None:
+                    raise Permanent(f"mapping {d.mapping!r} is no longer used by a route; "
+                                    "restore it, then replay")
+                fields = mapping.apply(normalise(d.format, json.loads(d.payload)))
+                missing = [f for f in destination.required if fields.get(f) in (None, "")]
+                if missing:
+                    raise Skip(f"no {', '.join(missing)} in the record; {destination.type} needs it")
+                records.append((d, Record(d.id, d.event_id, fields)))
+            except Skip as exc:
+                outcomes.append(Outcome(d, "skipped", now, 0, exc.message, is_attempt=False))
+            except Permanent as exc:
+                outcomes.append(Outcome(d, "dead", now, 0, exc.message))
+        return outcomes, records
+
+    def _send(self, destination: Destination, policy: Policy,
+              records: list[tuple[Delivery, Record]]) -> list[Outcome]:
+        started = time.time()
+        try:
+            destination.send([r for _, r in records])
+        except DeliveryError as exc:
+            error: DeliveryError | None = exc
+        except Exception as exc:  # a bug in a destination must not lose the delivery: retry it
+            logger.error("destination %s raised %s; will retry", destination.name, type(exc).__name__)
+            error = RetryLater(f"internal error ({type(exc).__name__}); see the relay's log")
+        else:
+            error = None
+        took = int((time.time() - started) * 1000)
+        return [self._outcome(d, policy, error, started, took) for d, _ in records]
+
+    @staticmethod
+    def _outcome(d: Delivery, policy: Policy, error: DeliveryError | None, started: float,
+                 took: int) -> Outcome:
+        if error is None:
+            return Outcome(d, "delivered", started, took)
+        status = getattr(error, "status", None)
+        if isinstance(error, Skip):
+            return Outcome(d, "skipped", started, took, error.message, status)
+        attempt = d.attempts + 1
+        if isinstance(error, RetryLater) and attempt < policy.max_attempts:
+            delay = backoff(policy, attempt, error.delay)
+            return Outcome(d, "pending", started, took, error.message, status, time.time() + delay)
+        if isinstance(error, RetryLater):
+            message = f"gave up after {attempt} attempts: {error.message}"
+            return Outcome(d, "dead", started, took, message, status)
+        return Outcome(d, "dead", started, took, error.message, status)

@@ -1,0 +1,10 @@
+"""The two doors the contract promises: `gunicorn relay:app` and `python relay.py ...`."""
+
+if __name__ == "__main__":
+    from hookrelay.cli import main
+
+    main()
+else:
+    from hookrelay.web import create_app
+
+    app = create_app()
