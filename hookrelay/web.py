@@ -76,13 +76,19 @@ def receive(source: str) -> ResponseReturnValue:
 
 
 def _body(limit: int) -> bytes:
+    too_large = TooLarge(f"body is over the limit of {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(f"body is over the limit of {limit} bytes")
-    request.max_content_length = limit
+        raise too_large
+    # A chunked body has no length: Werkzeug stops reading at max_content_length without a word,
+    # so read one byte more than allowed to tell "exactly the limit" from "over it".
+    request.max_content_length = limit + 1
     try:
-        return request.get_data(cache=False)
+        body = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise TooLarge(f"body is over the limit of {limit} bytes") from None
+        raise too_large from None
+    if len(body) > limit:
+        raise too_large
+    return body
 
 
 @bp.get("/healthz")

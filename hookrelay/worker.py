@@ -40,8 +40,8 @@ def backoff(policy: Policy, attempt: int, retry_after: float | None,
 
 
 class Worker:
-    def __init__(self, relay: Relay, threads: int = 4, idle: float = 1.0) -> None:
-        self.relay, self.threads, self.idle = relay, threads, idle
+    def __init__(self, relay: Relay, threads: int = 4) -> None:
+        self.relay, self.threads = relay, threads
         self._wakeup, self._stopping = threading.Event(), threading.Event()
         self._running: list[threading.Thread] = []
 
@@ -79,8 +79,13 @@ class Worker:
                 logger.error("storage unavailable to the worker (%s); retrying", type(exc).__name__)
                 done = 0
             if not done:
-                self._wakeup.wait(self.idle)
+                self._wakeup.wait(self.idle())
                 self._wakeup.clear()
+
+    def idle(self) -> float:
+        """Seconds between polls when nothing is due: no longer than the shortest backoff."""
+        shortest = min((p.backoff_initial for p in self.relay.config.policies.values()), default=1.0)
+        return min(1.0, max(0.02, shortest))
 
     def run_once(self, offset: int = 0) -> int:
         """Claim and process one batch per destination; returns how many deliveries were done."""

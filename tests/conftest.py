@@ -1,0 +1,171 @@
+"""Fixtures: configs in tmp_path, the relay on a real loopback port, a signing Qualifio client,
+and a guard that fails any test whose logs carry personal data or a secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from hookrelay.auth import sign
+from hookrelay.config import load_config
+from hookrelay.web import create_app
+from tests.fakes.server import FakeServer
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SECRET = "test-secret"
+DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens: a request that leaves loopback fails loudly
+
+# Never in a log line: the samples' people, and the secrets the tests configure.
+FORBIDDEN = ("zoe.lefevre@example.com", "jan.peeters@example.com", "jane.doe@example.com",
+             "Zoë", "Lefèvre", "Peeters", SECRET, "old-secret", "s3cr3t-token", "basic-pass",
+             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+
+for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    os.environ[var] = DEAD_PROXY
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+os.environ.pop("DYNO", None)
+
+LOG_FILES: list[Path] = []  # logs of subprocesses, checked by the privacy guard
+
+
+@pytest.fixture(autouse=True)
+def no_personal_data_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level("DEBUG")
+    LOG_FILES.clear()
+    yield
+    texts = [("captured logs", caplog.text)]
+    texts += [(str(p), p.read_text(errors="replace")) for p in LOG_FILES if p.exists()]
+    for where, text in texts:
+        leaked = [s for s in FORBIDDEN if s in text]
+        assert not leaked, f"{where} contain {leaked}"
+
+
+def sample(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def participation(n: int, state: str = "COMPLETED", **changes: Any) -> bytes:
+    """A distinct participation, built from the v2 sample."""
+    data = json.loads(sample("v2-complete.json"))
+    data.update(id=f"00000000-0000-4000-8000-{n:012d}", state=state, **changes)
+    return json.dumps(data, ensure_ascii=False).encode()
+
+
+def write_config(directory: Path, config: str, mappings: dict[str, str] | None = None) -> Path:
+    """config.yaml (dedented) and mappings/<name>.yaml in `directory`; returns config.yaml."""
+    (directory / "mappings").mkdir(parents=True, exist_ok=True)
+    for name, text in (mappings or {}).items():
+        (directory / "mappings" / f"{name}.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+    path = directory / "config.yaml"
+    path.write_text(textwrap.dedent(config), encoding="utf-8")
+    return path
+
+
+#: A mapping that forwards the participation's id, state and opt-ins (no personal data).
+PASS_MAPPING = """
+fields:
+  id: id
+  state: state
+  newsletter: variables.newsletter_optin
+"""
+
+
+def basic_config(directory: Path, sink_url: str = "http://127.0.0.1:9", **extra: str) -> Path:
+    """One qualifio source signed with SECRET, one http destination, fast retries."""
+    auth = extra.pop("auth", f'{{signature: {{secrets: ["{SECRET}"]}}}}')
+    return write_config(directory, f"""
+        storage: sqlite:///relay.db
+        storage_timeout: {extra.pop("storage_timeout", "5s")}
+        sources:
+          qualifio: {{format: qualifio, auth: {auth}}}
+          plain: {{format: json}}
+        destinations:
+          sink: {{type: http, url: "{sink_url}", {extra.pop("sink_options", "")}}}
+        routes:
+          - {{from: qualifio, mapping: pass, to: [sink]}}
+        delivery:
+          max_attempts: {extra.pop("max_attempts", "4")}
+          backoff: {{initial: {extra.pop("initial", "50ms")}, max: {extra.pop("max", "200ms")}}}
+          timeout: {extra.pop("timeout", "2s")}
+          lease: {extra.pop("lease", "5s")}
+    """, {"pass": extra.pop("mapping", PASS_MAPPING)})
+
+
+class RunningRelay:
+    """The relay's web app on a real loopback port, in this process."""
+
+    def __init__(self, config_path: Path, worker: bool = True) -> None:
+        self.app = create_app(load_config(config_path), worker=worker)
+        self.relay = self.app.extensions["relay"]
+        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.01}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self.relay.worker.stop()
+        self.relay.store.engine.dispose()
+
+    def post(self, body: bytes, source: str = "qualifio", secret: str | None = SECRET,
+             **headers: str) -> requests.Response:
+        if secret is not None:
+            headers.setdefault("X-Qualifio-Signature", sign(body, secret))
+        headers.setdefault("Content-Type", "application/json")
+        return requests.post(f"{self.url}/hooks/{source}", data=body, headers=headers, timeout=10)
+
+    def statuses(self) -> list[str]:
+        return [d["status"] for e in self.relay.store.list_events(limit=10_000)
+                for d in e["deliveries"]]
+
+    def wait_settled(self, timeout: float = 15.0) -> list[str]:
+        """Wait until no delivery is pending; returns every delivery's status."""
+        deadline = time.monotonic() + timeout
+        while "pending" in (found := self.statuses()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return found
+
+
+@pytest.fixture
+def sink() -> Iterator[FakeServer]:
+    with FakeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def start_relay() -> Iterator[Any]:
+    running: list[RunningRelay] = []
+
+    def start(config_path: Path, worker: bool = True) -> RunningRelay:
+        running.append(RunningRelay(config_path, worker))
+        return running[-1]
+
+    yield start
+    for r in running:
+        r.stop()
+
+
+def relay_command(*args: str, cwd: Path | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the real `relay` CLI in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "hookrelay", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **kwargs.pop("env", {})}, **kwargs)
+
+
+def gunicorn_available() -> bool:
+    return shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is not None
