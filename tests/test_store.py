@@ -1,0 +1,131 @@
+"""The Store's contract: dedupe, one transaction per ingest, atomic claims, leases, replay."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hookrelay.sources import Incoming
+from hookrelay.store import Outcome, Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    s = Store(f"sqlite:///{tmp_path}/relay.db", clock=clock)
+    yield s
+    s.engine.dispose()
+
+
+TARGETS = [("pass", "sink"), ("pass", "archive")]
+
+
+def ingest(store, *keys, source="qualifio"):
+    return store.store_events(source, "qualifio", [Incoming("{}", k) for k in keys], TARGETS)
+
+
+def test_an_event_and_its_deliveries_are_stored_together(store):
+    [stored] = ingest(store, "a/COMPLETED")
+    assert not stored.duplicate
+    [event] = store.list_events()
+    assert event["id"] == stored.event_id
+    assert sorted(d["destination"] for d in event["deliveries"]) == ["archive", "sink"]
+
+
+def test_the_same_key_is_a_duplicate_of_the_first_event(store):
+    first, second = ingest(store, "a/COMPLETED", "a/COMPLETED")  # even within one batch
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert second.event_id == first.event_id
+    assert ingest(store, "a/COMPLETED")[0].event_id == first.event_id
+    assert ingest(store, "a/COMPLETED", source="other")[0].duplicate is False
+    assert len(store.list_events()) == 2
+
+
+def test_concurrent_ingest_of_one_participation_stores_it_once(store):
+    results = []
+    threads = [threading.Thread(target=lambda: results.extend(ingest(store, "same")))
+               for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(not r.duplicate for r in results) == 1
+    assert len({r.event_id for r in results}) == 1
+
+
+def test_concurrent_claims_never_share_a_delivery(store):
+    ingest(store, *[f"k{i}" for i in range(100)])
+    claimed, lock = [], threading.Lock()
+
+    def claim():
+        while batch := store.claim_due(7, lease=60):
+            with lock:
+                claimed.extend(d.id for d in batch)
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claimed) == 200 and len(set(claimed)) == 200
+
+
+def test_a_lease_expires_and_a_stale_claim_cannot_overwrite(store, clock):
+    ingest(store, "a")
+    [first] = store.claim_due(10, lease=30, destinations=["sink"])
+    assert store.claim_due(10, lease=30, destinations=["sink"]) == []  # leased
+    clock.now += 31
+    [second] = store.claim_due(10, lease=30, destinations=["sink"])  # the first worker died
+    assert second.id == first.id and second.claim != first.claim
+    assert store.record([Outcome(first, "delivered", clock.now, 5)]) == 0  # too late
+    assert store.record([Outcome(second, "delivered", clock.now, 5)]) == 1
+    statuses = {d["destination"]: d["status"] for d in store.list_events()[0]["deliveries"]}
+    assert statuses["sink"] == "delivered"
+
+
+def test_retry_waits_until_next_attempt_and_counts_attempts(store, clock):
+    ingest(store, "a")
+    [d] = store.claim_due(10, lease=30, destinations=["sink"])
+    store.record([Outcome(d, "pending", clock.now, 5, "answered 500", 500, clock.now + 60)])
+    assert store.claim_due(10, lease=30, destinations=["sink"]) == []
+    clock.now += 61
+    [again] = store.claim_due(10, lease=30, destinations=["sink"])
+    assert again.attempts == 1
+    assert [a["http_status"] for a in store.attempts_of(d.id)] == [500]
+
+
+def test_replay_dead_resets_the_attempt_budget(store, clock):
+    ingest(store, "a")
+    [d] = store.claim_due(10, lease=30, destinations=["sink"])
+    store.record([Outcome(d, "dead", clock.now, 5, "answered 400", 400)])
+    assert store.replay(dead=True, destination="archive") == 0
+    assert store.replay(dead=True) == 1
+    [again] = store.claim_due(10, lease=30, destinations=["sink"])
+    assert again.attempts == 0 and again.id == d.id
+
+
+def test_counts_by_destination_and_status(store, clock):
+    ingest(store, "a", "b")
+    [d] = store.claim_due(1, lease=30, destinations=["sink"])
+    store.record([Outcome(d, "delivered", clock.now, 5)])
+    assert store.counts() == {("sink", "delivered"): 1, ("sink", "pending"): 1,
+                              ("archive", "pending"): 2}
+
+
+def test_sqlite_is_in_wal_mode_with_full_sync(store):
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
