@@ -250,7 +250,7 @@ def load_config(path: Path | str) -> Config:
         options = dict(doc.table(spec, key, _ANY))
         policies[name] = _policy(doc, {k: options.pop(k) for k in _policy_keys(options)}, key, base)
         destinations[name] = build_destination(doc, key, name, options, path.parent,
-                                               policies[name].timeout)
+                                               policies[name].timeout, _POLICY_KEYS)
     routes = _routes(doc, data.get("routes"), sources, destinations)
     mappings, files = {}, [path]
     for name in sorted({r.mapping for r in routes}):
@@ -292,8 +292,11 @@ def _named(doc: Document, value: Any, key: Key) -> dict[str, Any]:
     return table
 
 
+_POLICY_KEYS = tuple(s.name for s in POLICY)
+
+
 def _policy_keys(options: dict[str, Any]) -> list[str]:
-    return [k for k in options if k in {s.name for s in POLICY}]
+    return [k for k in options if k in _POLICY_KEYS]
 
 
 def _policy(doc: Document, value: Any, key: Key, base: Policy) -> Policy:

@@ -56,8 +56,11 @@ DESTINATIONS: dict[str, type[Destination]] = _registry()
 
 
 def build_destination(doc: Document, key: Key, name: str, options: dict[str, Any],
-                      base_dir: Path, timeout: float) -> Destination:
-    """Validate a destination's options against its class and build it; errors carry the line."""
+                      base_dir: Path, timeout: float, also: tuple[str, ...] = ()) -> Destination:
+    """Validate a destination's options against its class and build it; errors carry the line.
+
+    `also` names the keys every destination takes besides its own (the delivery policy).
+    """
     kind = options.pop("type", None)
     if kind not in DESTINATIONS:
         raise doc.error(key + ("type",), f"unknown destination type {kind!r}; expected one of "
@@ -67,10 +70,11 @@ def build_destination(doc: Document, key: Key, name: str, options: dict[str, Any
               if p.kind is inspect.Parameter.KEYWORD_ONLY}
     for option in options:
         if option not in params:
-            hint = difflib.get_close_matches(option, params, n=1)
-            also = f"did you mean {hint[0]!r}? " if hint else ""
+            known = sorted([*params, *also])
+            hint = difflib.get_close_matches(option, known, n=1)
+            guess = f"did you mean {hint[0]!r}? " if hint else ""
             raise doc.error(key + (option,), f"unknown option {option!r} for a {kind} destination; "
-                            f"{also}expected one of {', '.join(sorted(params))}")
+                            f"{guess}expected one of {', '.join(known)}")
     for option, param in params.items():
         if param.default is inspect.Parameter.empty and option not in options:
             raise doc.error(key, f"a {kind} destination needs {option!r}")

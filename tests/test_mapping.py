@@ -1,0 +1,92 @@
+"""Mappings: fields, literals, when, drop, omit_empty; the source formats they read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hookrelay.config import Document
+from hookrelay.errors import Skip
+from hookrelay.mapping import load_mapping
+from hookrelay.sources import normalise
+from tests.conftest import sample
+
+
+def mapping(tmp_path, text):
+    path = tmp_path / "m.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_mapping(Document(path), "m")
+
+
+def payload(name):
+    return normalise("qualifio", json.loads(sample(name)))
+
+
+def test_v2_variables_come_from_form_optins_and_questionnaire():
+    variables = payload("v2-complete.json")["variables"]
+    assert variables["email"] == "zoe.lefevre@example.com"
+    assert (variables["newsletter_optin"], variables["partners_optin"], variables["sms_optin"]) == (
+        "1", "0", "")
+    assert variables["q1_tour_year"] == "1903"
+    assert variables["bike_photo"].startswith("https://files.qualifio.com/")
+    assert payload("v2-complete.json")["form"][0]["variable"] == "firstname"  # raw kept beside
+
+
+def test_v1_variables_are_crm_merged_with_sso():
+    variables = payload("v1-participation.json")["variables"]
+    assert variables["email"] == "jan.peeters@example.com" and variables["EMAIL"] == variables["email"]
+    assert (variables["dailynews"], variables["label1_bit"]) == ("1", "0")
+
+
+def test_several_responses_give_a_list_and_none_give_null():
+    data = {"id": "x", "questionnaire": [
+        {"variable": "many", "responses": [{"value": "a"}, {"value": "b"}]},
+        {"variable": "none", "responses": []}]}
+    assert normalise("qualifio", data)["variables"] == {"many": ["a", "b"], "none": None}
+
+
+def test_fields_literals_and_nested_output(tmp_path):
+    m = mapping(tmp_path, """
+fields:
+  email: lower(variables.email)
+  source: "'qualifio'"
+  score: questionnaire[0].score
+  person:
+    first: variables.firstname
+    tags: "['quiz', campaign.type]"
+""")
+    assert m.apply(payload("v2-complete.json")) == {
+        "email": "zoe.lefevre@example.com", "source": "qualifio", "score": 10,
+        "person": {"first": "Zoë", "tags": ["quiz", "QUIZZ"]}}
+
+
+def test_when_rejects_with_its_expression(tmp_path):
+    m = mapping(tmp_path, "when: \"state == 'COMPLETED'\"\nfields: {id: id}\n")
+    with pytest.raises(Skip, match="when: state == 'COMPLETED'"):
+        m.apply(payload("v2-incomplete.json"))
+
+
+def test_drop_applies_to_listed_fields_only_at_any_depth(tmp_path):
+    m = mapping(tmp_path, """
+fields:
+  partners: variables.partners_optin
+  nested: {partners: variables.partners_optin, newsletter: variables.newsletter_optin}
+drop: {values: ["0"], fields: [nested.partners]}
+""")
+    assert m.apply(payload("v2-complete.json")) == {
+        "partners": "0", "nested": {"newsletter": "1"}}
+
+
+def test_drop_without_fields_applies_everywhere_and_omit_empty(tmp_path):
+    m = mapping(tmp_path, """
+fields:
+  partners: variables.partners_optin
+  sms: variables.sms_optin
+  missing: variables.nothing_here
+  nested: {partners: variables.partners_optin, sms: variables.sms_optin}
+  count: "`0`"
+drop: {values: ["0"]}
+omit_empty: true
+""")
+    assert m.apply(payload("v2-complete.json")) == {"count": 0}  # the number 0 is not "0"
