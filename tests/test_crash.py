@@ -167,7 +167,7 @@ def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
         target = web if victim == "web" else worker
 
         posting_done, stop = threading.Event(), threading.Event()
-        kills: list[float] = []
+        kills: list[float] = []  # when each kill happened
         killer_errors: list[BaseException] = []
 
         def killer() -> None:
@@ -219,7 +219,8 @@ def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
             for request in received:
                 ids_by_participation[request.json()["id"]].add(webhook_id(request))
             repeats = len(received) - len(ids_by_participation)
-            print(f"victim={victim}: {len(kills)} kills, {len(answered)} answered 2xx "
+            print(f"victim={victim}: {len(kills)} kills "
+                  f"({sum(k < posted for k in kills)} while posting), {len(answered)} answered 2xx "
                   f"({sum(s == 200 for s in statuses.values())} as duplicates), "
                   f"{len(received)} sink requests, {repeats} repeats "
                   f"({len(sink.seen)} seen); posting {posted - started:.1f}s, "
