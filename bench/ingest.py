@@ -314,6 +314,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _busy_seconds() -> float:
+    """CPU time every process on the machine has used so far (all cores)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
 def _children(parent: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -337,6 +343,7 @@ class Measure:
     load: LoadResult
     server_cpu: float  # seconds of CPU inside the window
     loadgen_cpu: float
+    other_cpu: float  # everything else on the machine: other people's work skews the figures
 
     @property
     def rate(self) -> float:
@@ -376,9 +383,11 @@ def measure(server: Server, args: argparse.Namespace) -> Measure:
         for pipe in pipes:
             pipe.send((start, *window))
         time.sleep(max(0.0, window[0] - time.monotonic()))
-        cpu0 = server.cpu_seconds(), sum(_cpu_seconds(p.pid or 0) for p in procs)
+        cpu0 = (server.cpu_seconds(), sum(_cpu_seconds(p.pid or 0) for p in procs),
+                _busy_seconds())
         time.sleep(max(0.0, window[1] - time.monotonic()))
-        cpu1 = server.cpu_seconds(), sum(_cpu_seconds(p.pid or 0) for p in procs)
+        cpu1 = (server.cpu_seconds(), sum(_cpu_seconds(p.pid or 0) for p in procs),
+                _busy_seconds())
         total = LoadResult()
         for pipe in pipes:
             if not pipe.poll(60):
@@ -393,10 +402,16 @@ def measure(server: Server, args: argparse.Namespace) -> Measure:
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
-    return Measure(server.name, args.duration, total, cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
+    server_cpu, loadgen_cpu, busy = (b - a for a, b in zip(cpu0, cpu1, strict=True))
+    return Measure(server.name, args.duration, total, server_cpu, loadgen_cpu,
+                   max(0.0, busy - server_cpu - loadgen_cpu))
 
 
 # --- report ---------------------------------------------------------------------------------------
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
 
 
 def machine() -> list[str]:
@@ -410,7 +425,8 @@ def machine() -> list[str]:
         pass
     return [f"nproc {len(os.sched_getaffinity(0))}, CPU {model}",
             f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-            f"{platform.system()} {platform.release()}"]
+            f"{platform.system()} {platform.release()}",
+            "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])]
 
 
 def filesystem(path: Path) -> str:
@@ -428,16 +444,18 @@ def filesystem(path: Path) -> str:
 
 def report(results: list[Measure], args: argparse.Namespace, body_size: int) -> None:
     print(f"\n{'server':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
-          f"{'errors':>7} {'server CPU':>11} {'loadgen CPU':>12}")
+          f"{'errors':>7} {'server CPU':>11} {'loadgen CPU':>12} {'other CPU':>10}")
     for r in results:
         print(f"{r.server:<8} {r.rate:>8.0f} {r.percentile(0.50):>8.1f} {r.percentile(0.99):>8.1f} "
               f"{r.non_2xx:>8} {r.load.errors:>7} {r.server_cpu / r.duration:>10.0%} "
-              f"{r.loadgen_cpu / r.duration:>11.0%}")
+              f"{r.loadgen_cpu / r.duration:>11.0%} {r.other_cpu / r.duration:>9.0%}")
     by_name = {r.server: r for r in results}
     if "relay" in by_name and "bare" in by_name and by_name["bare"].rate:
         print(f"\nratio durable/bare req/s: {by_name['relay'].rate / by_name['bare'].rate:.2f} "
               f"(target >= 0.65)")
-    print(f"(CPU columns: share of one core inside the window; {args.duration:g} s window after "
+    print(f"(CPU columns: share of one core inside the window, out of {_cores() * 100}%; other CPU "
+          "is every other process on the machine; "
+          f"{args.duration:g} s window after "
           f"a {args.warmup:g} s warm-up, {args.connections} keep-alive connections from "
           f"{args.procs} processes, {body_size} B bodies, each a new participation)")
     for r in results:
@@ -452,6 +470,9 @@ def check(results: list[Measure], server_logs: dict[str, Path], db: Path | None)
             print(f"WARNING: {r.server}: not every answer was a 202 "
                   f"({r.load.errors} connection errors); these figures are not valid")
             ok = False
+        if r.other_cpu / r.duration > 0.2:
+            print(f"WARNING: {r.server}: other processes used {r.other_cpu / r.duration:.0%} of a "
+                  "core during the window; the machine was not quiet, the figures are skewed")
         if r.load.exhausted:
             print(f"WARNING: {r.server}: ran out of precomputed ids; raise --pool")
             ok = False
@@ -522,7 +543,8 @@ def main() -> int:
             server.wait_ready()
         for server in servers:
             body_size = make_template(server.port).body_size
-            print(f"loading {server.name} on {HOST}:{server.port} ...", flush=True)
+            print(f"loading {server.name} on {HOST}:{server.port} (gunicorn pid {server.proc.pid})"
+                  " ...", flush=True)
             results.append(measure(server, args))
         report(results, args, body_size)
         db = tmp / "relay.db" if args.storage == "sqlite:///relay.db" else None

@@ -36,8 +36,9 @@ def check_address(auth: Auth, address: str | None, source: str) -> None:
         raise Forbidden("this address may not post to this source")
 
 
-def authenticate(auth: Auth, headers: Headers, basic: Authorization | None, body: bytes,
-                 source: str) -> None:
+def authenticate(
+    auth: Auth, headers: Headers, basic: Authorization | None, body: bytes, source: str
+) -> None:
     """:raise Unauthorized: any configured check failed (the answer does not say which)."""
     failed = []
     if auth.header is not None:
@@ -46,11 +47,16 @@ def authenticate(auth: Auth, headers: Headers, basic: Authorization | None, body
             failed.append("header")
     if auth.basic is not None:
         username, password = auth.basic
-        given = (basic.username or "", basic.password or "") if basic and basic.type == "basic" else ("", "")
+        given = (
+            (basic.username or "", basic.password or "")
+            if basic and basic.type == "basic"
+            else ("", "")
+        )
         if not (_equal(given[0], username) & _equal(given[1], password)):
             failed.append("basic")
     if auth.signature_secrets and not verify_signature(
-            headers.get(SIGNATURE_HEADER, ""), body, auth.signature_secrets):
+        headers.get(SIGNATURE_HEADER, ""), body, auth.signature_secrets
+    ):
         failed.append("signature")
     if failed:
         logger.warning("source %s: %s check failed", source, " and ".join(failed))
@@ -65,8 +71,10 @@ def sign(body: bytes, secret: str) -> str:
 def verify_signature(header: str, body: bytes, secrets: tuple[str, ...]) -> bool:
     """`sha256=<hex or base64 HMAC-SHA256 of the raw body>` with any of `secrets` (rotation)."""
     given = _digest(header)
-    matches = [hmac.compare_digest(hmac.new(s.encode(), body, hashlib.sha256).digest(), given)
-               for s in secrets]  # every secret is tried, so timing says nothing of which matched
+    matches = [
+        hmac.compare_digest(hmac.new(s.encode(), body, hashlib.sha256).digest(), given)
+        for s in secrets
+    ]  # every secret is tried, so timing says nothing of which matched
     return given != b"" and any(matches)
 
 

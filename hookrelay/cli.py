@@ -33,8 +33,12 @@ class Group(click.Group):
 
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), default=None,
-    help="config.yaml to use (default: $RELAY_CONFIG or ./config.yaml)")
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="config.yaml to use (default: $RELAY_CONFIG or ./config.yaml)",
+)
 
 
 def _config(path: Path | None) -> Config:
@@ -57,8 +61,10 @@ def serve(port: int | None, config_path: Path | None) -> None:
         os.environ["PORT"] = str(port)
     if config_path:
         os.environ["RELAY_CONFIG"] = str(config_path)
-    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c",
-                               "python:hookrelay.gunicorn_conf", "relay:app"])
+    os.execvp(
+        sys.executable,
+        [sys.executable, "-m", "gunicorn", "-c", "python:hookrelay.gunicorn_conf", "relay:app"],
+    )
 
 
 @main.command()
@@ -76,8 +82,10 @@ def worker(config_path: Path | None) -> None:
 def check(config_path: Path | None) -> None:
     """Validate config.yaml and every mapping a route uses."""
     config = _config(config_path)
-    click.echo(f"{config.path}: ok: {len(config.sources)} sources, {len(config.destinations)} "
-               f"destinations, {len(config.mappings)} mappings, {len(config.routes)} routes")
+    click.echo(
+        f"{config.path}: ok: {len(config.sources)} sources, {len(config.destinations)} "
+        f"destinations, {len(config.mappings)} mappings, {len(config.routes)} routes"
+    )
 
 
 @main.command("try")
@@ -91,8 +99,10 @@ def try_(mapping: str, payload: Path, source: str | None, config_path: Path | No
 
     config = _config(config_path)
     if mapping not in config.mappings:
-        raise RelayError(f"no route uses a mapping named {mapping!r}; "
-                         f"known: {', '.join(sorted(config.mappings)) or '(none)'}")
+        raise RelayError(
+            f"no route uses a mapping named {mapping!r}; "
+            f"known: {', '.join(sorted(config.mappings)) or '(none)'}"
+        )
     fmt = _format(config, mapping, source)
     try:
         data = json.loads(payload.read_bytes())
@@ -123,7 +133,9 @@ def send(payload: Path, source: str, url: str | None, config_path: Path | None) 
     config = _config(config_path)
     src = config.sources.get(source)
     if src is None:
-        raise RelayError(f"unknown source {source!r}; expected one of {', '.join(sorted(config.sources))}")
+        raise RelayError(
+            f"unknown source {source!r}; expected one of {', '.join(sorted(config.sources))}"
+        )
     body = payload.read_bytes()
     headers = {"Content-Type": "application/json"}
     if src.auth.signature_secrets:
@@ -132,17 +144,26 @@ def send(payload: Path, source: str, url: str | None, config_path: Path | None) 
         headers[src.auth.header[0]] = src.auth.header[1]
     base = url or f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
     try:
-        answer = requests.post(f"{base.rstrip('/')}/hooks/{source}", data=body, headers=headers,
-                               auth=src.auth.basic, timeout=30)
+        answer = requests.post(
+            f"{base.rstrip('/')}/hooks/{source}",
+            data=body,
+            headers=headers,
+            auth=src.auth.basic,
+            timeout=30,
+        )
     except requests.RequestException as exc:
-        raise RelayError(f"cannot reach the relay at {base} ({type(exc).__name__}); is it running?") from None
+        raise RelayError(
+            f"cannot reach the relay at {base} ({type(exc).__name__}); is it running?"
+        ) from None
     click.echo(f"{answer.status_code} {answer.text.strip()}")
     if answer.status_code >= 300:
         sys.exit(1)
 
 
 @main.command()
-@click.option("--status", type=click.Choice(STATUSES), help="only events with a delivery in this state")
+@click.option(
+    "--status", type=click.Choice(STATUSES), help="only events with a delivery in this state"
+)
 @click.option("--limit", default=50, show_default=True)
 @config_option
 def events(status: str | None, limit: int, config_path: Path | None) -> None:
@@ -153,7 +174,9 @@ def events(status: str | None, limit: int, config_path: Path | None) -> None:
         click.echo(f"{event['id']}  {when}  {event['source']}")
         for d in event["deliveries"]:
             error = f"  {d['last_error']}" if d["last_error"] and d["status"] != "delivered" else ""
-            click.echo(f"    {d['destination']:<16} {d['status']:<9} attempts={d['attempts']}{error}")
+            click.echo(
+                f"    {d['destination']:<16} {d['status']:<9} attempts={d['attempts']}{error}"
+            )
 
 
 @main.command()
@@ -161,8 +184,9 @@ def events(status: str | None, limit: int, config_path: Path | None) -> None:
 @click.option("--dead", is_flag=True, help="replay every dead delivery")
 @click.option("--destination", help="only deliveries to this destination")
 @config_option
-def replay(event_ids: tuple[str, ...], dead: bool, destination: str | None,
-           config_path: Path | None) -> None:
+def replay(
+    event_ids: tuple[str, ...], dead: bool, destination: str | None, config_path: Path | None
+) -> None:
     """Deliver events again: EVENT_ID..., or --dead [--destination D]."""
     if bool(event_ids) == dead:
         raise RelayError("give event ids, or --dead (not both)")

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-import jmespath
 import yaml
 from jmespath.parser import ParsedResult
 
@@ -34,10 +33,18 @@ class Setting(NamedTuple):
 
 #: Top-level settings of config.yaml, their defaults and what they mean (README lists them all).
 SETTINGS = (
-    Setting("storage", "sqlite:///relay.db", "sqlite:///path (relative to config.yaml) or postgresql://"),
+    Setting(
+        "storage", "sqlite:///relay.db", "sqlite:///path (relative to config.yaml) or postgresql://"
+    ),
     Setting("max_body_bytes", 1024 * 1024, "larger request bodies are answered 413"),
-    Setting("trusted_proxy_hops", 0, "proxies in front of the relay that append X-Forwarded-For (Heroku: 1)"),
-    Setting("storage_timeout", "10s", "ingest answers 503 (Qualifio retries) when a commit takes longer"),
+    Setting(
+        "trusted_proxy_hops",
+        0,
+        "proxies in front of the relay that append X-Forwarded-For (Heroku: 1)",
+    ),
+    Setting(
+        "storage_timeout", "10s", "ingest answers 503 (Qualifio retries) when a commit takes longer"
+    ),
     Setting("retention_days", 30, "stored payloads are kept this long after their last delivery"),
     Setting("sources", {}, "where participations come from: POST /hooks/<name>"),
     Setting("destinations", {}, "where mapped records go"),
@@ -169,8 +176,9 @@ class Document:
         if value is None or (value == "" and default is not None):
             if default is None:
                 raise self.error(
-                    key, f"environment variable {name} is not set; set it, or write "
-                    f"${{{name}:-default}} to give a default"
+                    key,
+                    f"environment variable {name} is not set; set it, or write "
+                    f"${{{name}:-default}} to give a default",
                 )
             return default
         return value
@@ -212,7 +220,9 @@ class Document:
         """Seconds from 10, 1.5, '500ms', '10s', '2m', '1h' or '30d'."""
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
         if isinstance(value, bool) or not match:
-            raise self.error(key, f"expected a duration such as 500ms, 10s, 2m or 1h, got {value!r}")
+            raise self.error(
+                key, f"expected a duration such as 500ms, 10s, 2m or 1h, got {value!r}"
+            )
         unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
         return float(match.group(1)) * unit
 
@@ -235,7 +245,10 @@ class Document:
 
 
 def load_config(path: Path | str) -> Config:
-    """Read and validate config.yaml and every mapping a route names; raise the first ConfigError."""
+    """Read and validate config.yaml and every mapping a route names.
+
+    :raise ConfigError: the first problem found, with its file, line and key.
+    """
     from hookrelay.destinations import build_destination
     from hookrelay.mapping import load_mapping
 
@@ -249,8 +262,9 @@ def load_config(path: Path | str) -> Config:
         key = ("destinations", name)
         options = dict(doc.table(spec, key, _ANY))
         policies[name] = _policy(doc, {k: options.pop(k) for k in _policy_keys(options)}, key, base)
-        destinations[name] = build_destination(doc, key, name, options, path.parent,
-                                               policies[name].timeout, _POLICY_KEYS)
+        destinations[name] = build_destination(
+            doc, key, name, options, path.parent, policies[name].timeout, _POLICY_KEYS
+        )
     routes = _routes(doc, data.get("routes"), sources, destinations)
     mappings, files = {}, [path]
     for name in sorted({r.mapping for r in routes}):
@@ -303,8 +317,12 @@ def _policy(doc: Document, value: Any, key: Key, base: Policy) -> Policy:
     spec = doc.table(value, key, tuple(s.name for s in POLICY)) if key == ("delivery",) else value
     backoff = doc.table(spec.get("backoff"), key + ("backoff",), ("initial", "max"))
     return Policy(
-        max_attempts=doc.integer(spec.get("max_attempts", base.max_attempts), key + ("max_attempts",), 1),
-        backoff_initial=doc.duration(backoff.get("initial", base.backoff_initial), key + ("backoff", "initial")),
+        max_attempts=doc.integer(
+            spec.get("max_attempts", base.max_attempts), key + ("max_attempts",), 1
+        ),
+        backoff_initial=doc.duration(
+            backoff.get("initial", base.backoff_initial), key + ("backoff", "initial")
+        ),
         backoff_max=doc.duration(backoff.get("max", base.backoff_max), key + ("backoff", "max")),
         timeout=doc.duration(spec.get("timeout", base.timeout), key + ("timeout",)),
         lease=doc.duration(spec.get("lease", base.lease), key + ("lease",)),
@@ -329,12 +347,16 @@ def _auth(doc: Document, value: Any, key: Key) -> Auth:
     header = basic = None
     if "header" in spec:
         h = doc.table(spec["header"], key + ("header",), ("name", "value"))
-        header = (doc.string(h.get("name"), key + ("header", "name")),
-                  doc.string(h.get("value"), key + ("header", "value")))
+        header = (
+            doc.string(h.get("name"), key + ("header", "name")),
+            doc.string(h.get("value"), key + ("header", "value")),
+        )
     if "basic" in spec:
         b = doc.table(spec["basic"], key + ("basic",), ("username", "password"))
-        basic = (doc.string(b.get("username"), key + ("basic", "username")),
-                 doc.string(b.get("password"), key + ("basic", "password")))
+        basic = (
+            doc.string(b.get("username"), key + ("basic", "username")),
+            doc.string(b.get("password"), key + ("basic", "password")),
+        )
     secrets: tuple[str, ...] = ()
     if "signature" in spec:
         s = doc.table(spec["signature"], key + ("signature",), ("secrets",))
@@ -344,13 +366,16 @@ def _auth(doc: Document, value: Any, key: Key) -> Auth:
         try:
             networks.append(ipaddress.ip_network(str(raw), strict=False))
         except ValueError:
-            raise doc.error(key + ("allow_ips", i),
-                            f"expected an address or network such as 203.0.113.0/24, got {raw!r}") from None
+            raise doc.error(
+                key + ("allow_ips", i),
+                f"expected an address or network such as 203.0.113.0/24, got {raw!r}",
+            ) from None
     return Auth(header, basic, secrets, tuple(networks))
 
 
-def _routes(doc: Document, value: Any, sources: Mapping[str, Source],
-            destinations: Mapping[str, Any]) -> tuple[Route, ...]:
+def _routes(
+    doc: Document, value: Any, sources: Mapping[str, Source], destinations: Mapping[str, Any]
+) -> tuple[Route, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -364,13 +389,19 @@ def _routes(doc: Document, value: Any, sources: Mapping[str, Source],
                 raise doc.error(key, f"missing {required!r}; a route is {{from, mapping, to}}")
         source = doc.string(spec["from"], key + ("from",))
         if source not in sources:
-            raise doc.error(key + ("from",), f"unknown source {source!r}; expected one of "
-                            f"{', '.join(sorted(sources)) or '(none configured)'}")
+            raise doc.error(
+                key + ("from",),
+                f"unknown source {source!r}; expected one of "
+                f"{', '.join(sorted(sources)) or '(none configured)'}",
+            )
         to = doc.strings(spec["to"], key + ("to",))
         for j, name in enumerate(to):
             if name not in destinations:
-                raise doc.error(key + ("to", j), f"unknown destination {name!r}; expected one of "
-                                f"{', '.join(sorted(destinations)) or '(none configured)'}")
+                raise doc.error(
+                    key + ("to", j),
+                    f"unknown destination {name!r}; expected one of "
+                    f"{', '.join(sorted(destinations)) or '(none configured)'}",
+                )
         routes.append(Route(source, doc.string(spec["mapping"], key + ("mapping",)), to))
     return tuple(routes)
 
@@ -378,6 +409,6 @@ def _routes(doc: Document, value: Any, sources: Mapping[str, Source],
 def _resolve_sqlite(url: str, base: Path) -> str:
     """A relative sqlite path is relative to config.yaml, whatever the working directory."""
     prefix = "sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix):].startswith("/") and url != prefix:
-        return prefix + str((base / url[len(prefix):]).resolve())
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/") and url != prefix:
+        return prefix + str((base / url[len(prefix) :]).resolve())
     return url

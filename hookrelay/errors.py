@@ -30,7 +30,10 @@ class ConfigError(RelayError):
     """config.yaml or a mapping file is wrong; says where, what and what is expected."""
 
     def __init__(
-        self, message: str, path: Path | str | None = None, line: int | None = None,
+        self,
+        message: str,
+        path: Path | str | None = None,
+        line: int | None = None,
         key: str | None = None,
     ) -> None:
         self.path, self.line, self.key = path, line, key

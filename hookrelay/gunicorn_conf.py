@@ -11,8 +11,10 @@ import tempfile
 
 from prometheus_client import multiprocess
 
-bind = f"{os.environ.get('HOST', '0.0.0.0' if 'PORT' in os.environ else '127.0.0.1')}:" \
-       f"{os.environ.get('PORT', '8000')}"
+bind = (
+    f"{os.environ.get('HOST', '0.0.0.0' if 'PORT' in os.environ else '127.0.0.1')}:"
+    f"{os.environ.get('PORT', '8000')}"
+)
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
@@ -27,7 +29,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 
 def child_exit(server: object, worker: object) -> None:
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]
 
 
 def on_exit(server: object) -> None:

@@ -27,7 +27,7 @@ Tree = dict[str, "ParsedResult | Tree"]
 
 
 class Functions(functions.Functions):
-    """Functions beyond standard JMESPath. Each one gives null for a null input instead of failing."""
+    """Functions beyond standard JMESPath; each gives null for a null input instead of failing."""
 
     @functions.signature({"types": ["string", "null"]})
     def _func_lower(self, s: str | None) -> str | None:
@@ -45,7 +45,9 @@ class Functions(functions.Functions):
     def _func_title(self, s: str | None) -> str | None:
         return None if s is None else s.title()
 
-    @functions.signature({"types": ["string", "null"]}, {"types": ["string"]}, {"types": ["string"]})
+    @functions.signature(
+        {"types": ["string", "null"]}, {"types": ["string"]}, {"types": ["string"]}
+    )
     def _func_replace(self, s: str | None, old: str, new: str) -> str | None:
         return None if s is None else s.replace(old, new)
 
@@ -106,7 +108,9 @@ class Functions(functions.Functions):
         if pairs is None:
             return None
         return {
-            _text(p[0]): p[1] for p in pairs if isinstance(p, list) and len(p) == 2 and p[0] is not None
+            _text(p[0]): p[1]
+            for p in pairs
+            if isinstance(p, list) and len(p) == 2 and p[0] is not None
         }
 
 
@@ -142,7 +146,9 @@ def compile_expression(doc: Document, text: str, key: Key) -> ParsedResult:
     try:
         return jmespath.compile(text)
     except jp_errors.ParseError as exc:
-        raise doc.error(key, f"invalid JMESPath {text!r}: {exc.msg} at column {exc.lex_position + 1}") from None
+        raise doc.error(
+            key, f"invalid JMESPath {text!r}: {exc.msg} at column {exc.lex_position + 1}"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +174,8 @@ class Mapping:
 
     def _build(self, tree: Tree, payload: Any, path: tuple[str, ...]) -> dict[str, Any]:
         return {
-            name: self._build(node, payload, path + (name,)) if isinstance(node, dict)
+            name: self._build(node, payload, path + (name,))
+            if isinstance(node, dict)
             else self._search(node, payload, ".".join(path + (name,)))
             for name, node in tree.items()
         }
@@ -179,7 +186,9 @@ class Mapping:
             return expression.search(payload, options=OPTIONS)
         except jp_errors.JMESPathError as exc:
             # The library's message quotes the offending value: keep only its kind (privacy).
-            raise Permanent(f"field {field}: {type(exc).__name__} in {expression.expression!r}") from None
+            raise Permanent(
+                f"field {field}: {type(exc).__name__} in {expression.expression!r}"
+            ) from None
 
     def _prune(self, record: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
         out = {}
@@ -208,11 +217,15 @@ def load_mapping(doc: Document, name: str) -> Mapping:
     """Validate and compile one mappings/<name>.yaml."""
     spec = doc.table(doc.data, (), ("description", "when", "fields", "drop", "omit_empty", "tests"))
     if "fields" not in spec:
-        raise doc.error((), "missing 'fields': a mapping lists its output fields as name: expression")
+        raise doc.error(
+            (), "missing 'fields': a mapping lists its output fields as name: expression"
+        )
     drop = doc.table(spec.get("drop"), ("drop",), ("values", "fields"))
     drop_fields = None
     if "fields" in drop:
-        drop_fields = tuple(tuple(f.split(".")) for f in doc.strings(drop["fields"], ("drop", "fields")))
+        drop_fields = tuple(
+            tuple(f.split(".")) for f in doc.strings(drop["fields"], ("drop", "fields"))
+        )
     omit_empty = spec.get("omit_empty", False)
     if not isinstance(omit_empty, bool):
         raise doc.error(("omit_empty",), f"expected true or false, got {omit_empty!r}")
@@ -235,7 +248,8 @@ def _tree(doc: Document, value: Any, key: Key) -> Tree:
     if not isinstance(value, dict) or not value:
         raise doc.error(key, "expected output fields as name: expression (nested names nest)")
     return {
-        str(name): _tree(doc, node, key + (name,)) if isinstance(node, dict)
+        str(name): _tree(doc, node, key + (name,))
+        if isinstance(node, dict)
         else doc.expression(node, key + (name,))
         for name, node in value.items()
     }

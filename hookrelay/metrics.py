@@ -10,18 +10,25 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import REGISTRY, Collector
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from hookrelay.store import Store
 
-EVENTS = Counter("hookrelay_events_received", "Events received, by source and outcome",
-                 ["source", "outcome"])
-ATTEMPTS = Counter("hookrelay_delivery_attempts", "Delivery attempts, by destination and outcome",
-                   ["destination", "outcome"])
-LATENCY = Histogram("hookrelay_delivery_latency_seconds",
-                    "From receiving an event to its delivery, by destination", ["destination"],
-                    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400))
+EVENTS = Counter(
+    "hookrelay_events_received", "Events received, by source and outcome", ["source", "outcome"]
+)
+ATTEMPTS = Counter(
+    "hookrelay_delivery_attempts",
+    "Delivery attempts, by destination and outcome",
+    ["destination", "outcome"],
+)
+LATENCY = Histogram(
+    "hookrelay_delivery_latency_seconds",
+    "From receiving an event to its delivery, by destination",
+    ["destination"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+)
 
 
 class StoreCollector(Collector):
@@ -30,10 +37,16 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         counts = self.store.counts()
-        states = GaugeMetricFamily("hookrelay_deliveries", "Deliveries stored, by destination and status",
-                                   labels=["destination", "status"])
-        backlog = GaugeMetricFamily("hookrelay_backlog", "Deliveries waiting to be sent, by destination",
-                                    labels=["destination"])
+        states = GaugeMetricFamily(
+            "hookrelay_deliveries",
+            "Deliveries stored, by destination and status",
+            labels=["destination", "status"],
+        )
+        backlog = GaugeMetricFamily(
+            "hookrelay_backlog",
+            "Deliveries waiting to be sent, by destination",
+            labels=["destination"],
+        )
         for (destination, status), n in sorted(counts.items()):
             states.add_metric([destination, status], n)
             if status == "pending":
@@ -50,7 +63,4 @@ def render(store: Store) -> bytes:
         for collector in (EVENTS, ATTEMPTS, LATENCY):
             registry.register(collector)
     registry.register(StoreCollector(store))
-    return generate_latest(registry)  # type: ignore[no-any-return]
-
-
-__all__ = ["ATTEMPTS", "EVENTS", "LATENCY", "REGISTRY", "render"]
+    return generate_latest(registry)

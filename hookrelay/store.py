@@ -36,7 +36,8 @@ STATUSES: tuple[Status, ...] = ("pending", "delivered", "skipped", "dead")
 
 metadata = sa.MetaData()
 events = sa.Table(
-    "events", metadata,
+    "events",
+    metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("source", sa.String(100), nullable=False),
     sa.Column("format", sa.String(20), nullable=False),
@@ -47,9 +48,12 @@ events = sa.Table(
     sa.Index("events_received", "received_at"),
 )
 deliveries = sa.Table(
-    "deliveries", metadata,
+    "deliveries",
+    metadata,
     sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("event_id", sa.String(32), sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "event_id", sa.String(32), sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+    ),
     sa.Column("mapping", sa.String(100), nullable=False),
     sa.Column("destination", sa.String(100), nullable=False),
     sa.Column("status", sa.String(10), nullable=False),
@@ -62,10 +66,15 @@ deliveries = sa.Table(
     sa.Index("deliveries_event", "event_id"),
 )
 attempts = sa.Table(
-    "attempts", metadata,
+    "attempts",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("delivery_id", sa.String(32), sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
-              nullable=False),
+    sa.Column(
+        "delivery_id",
+        sa.String(32),
+        sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("duration_ms", sa.Integer, nullable=False),
     sa.Column("outcome", sa.String(10), nullable=False),
@@ -99,7 +108,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one attempt at a delivery ended in; `status` pending means "retry at next_attempt_at"."""
+    """What one attempt at a delivery ended in; `pending` means "retry at next_attempt_at"."""
 
     delivery: Delivery
     status: Status
@@ -118,11 +127,14 @@ def new_id() -> str:
 class Store:
     """The relay's storage; the URL chooses the dialect (sqlite:///..., postgresql://...)."""
 
-    def __init__(self, url: str, timeout: float = 10.0, clock: Callable[[], float] = time.time
-                 ) -> None:
+    def __init__(
+        self, url: str, timeout: float = 10.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.engine = _engine(url, timeout)
         self.clock = clock
-        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert = (
+            postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        )
         self._writer = _GroupCommit(self._write_batch, timeout)
         self.create_schema()
 
@@ -139,8 +151,13 @@ class Store:
 
     # --- ingest ---------------------------------------------------------------------------------
 
-    def store_events(self, source: str, fmt: str, incoming: Sequence[Incoming],
-                     targets: Sequence[tuple[str, str]]) -> list[Stored]:
+    def store_events(
+        self,
+        source: str,
+        fmt: str,
+        incoming: Sequence[Incoming],
+        targets: Sequence[tuple[str, str]],
+    ) -> list[Stored]:
         """Store events and one pending delivery per (mapping, destination), durably, at once.
 
         :raise StorageUnavailable: the database did not commit; nothing was stored.
@@ -151,54 +168,108 @@ class Store:
     def _write_batch(self, jobs: list[Any]) -> list[list[Stored]]:
         now = self.clock()
         with self.engine.begin() as conn:
-            return [[self._write_event(conn, now, source, fmt, inc, targets) for inc in incoming]
-                    for source, fmt, incoming, targets in jobs]
+            return [
+                [self._write_event(conn, now, source, fmt, inc, targets) for inc in incoming]
+                for source, fmt, incoming, targets in jobs
+            ]
 
-    def _write_event(self, conn: Connection, now: float, source: str, fmt: str, inc: Incoming,
-                     targets: Sequence[tuple[str, str]]) -> Stored:
+    def _write_event(
+        self,
+        conn: Connection,
+        now: float,
+        source: str,
+        fmt: str,
+        inc: Incoming,
+        targets: Sequence[tuple[str, str]],
+    ) -> Stored:
         event_id = new_id()
-        row = dict(id=event_id, source=source, format=fmt, dedupe_key=inc.dedupe_key,
-                   payload=inc.payload, received_at=now)
-        statement = self._insert(events).values(row).on_conflict_do_nothing(
-            index_elements=["source", "dedupe_key"])
+        row = dict(
+            id=event_id,
+            source=source,
+            format=fmt,
+            dedupe_key=inc.dedupe_key,
+            payload=inc.payload,
+            received_at=now,
+        )
+        statement = (
+            self._insert(events)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
+        )
         if conn.execute(statement).rowcount != 1:
-            first = sa.select(events.c.id).where(events.c.source == source,
-                                                 events.c.dedupe_key == inc.dedupe_key)
+            first = sa.select(events.c.id).where(
+                events.c.source == source, events.c.dedupe_key == inc.dedupe_key
+            )
             return Stored(conn.execute(first).scalar_one(), duplicate=True)
         if targets:
-            conn.execute(deliveries.insert(), [
-                dict(id=new_id(), event_id=event_id, mapping=m, destination=d, status="pending",
-                     attempts=0, next_attempt_at=now, updated_at=now) for m, d in targets])
+            conn.execute(
+                deliveries.insert(),
+                [
+                    dict(
+                        id=new_id(),
+                        event_id=event_id,
+                        mapping=m,
+                        destination=d,
+                        status="pending",
+                        attempts=0,
+                        next_attempt_at=now,
+                        updated_at=now,
+                    )
+                    for m, d in targets
+                ],
+            )
         return Stored(event_id, duplicate=False)
 
     # --- delivery -------------------------------------------------------------------------------
 
-    def claim_due(self, limit: int, lease: float, destinations: Iterable[str] | None = None
-                  ) -> list[Delivery]:
+    def claim_due(
+        self, limit: int, lease: float, destinations: Iterable[str] | None = None
+    ) -> list[Delivery]:
         """Atomically claim up to `limit` due deliveries for `lease` seconds."""
         now, claim = self.clock(), new_id()
-        due = (sa.select(deliveries.c.id)
-               .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now)
-               .order_by(deliveries.c.next_attempt_at).limit(limit)
-               .with_for_update(skip_locked=True))
+        due = (
+            sa.select(deliveries.c.id)
+            .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now)
+            .order_by(deliveries.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
         if destinations is not None:
             due = due.where(deliveries.c.destination.in_(list(destinations)))
         with self.engine.begin() as conn:
             claimed = conn.execute(
-                deliveries.update().where(deliveries.c.id.in_(due.scalar_subquery()))
+                deliveries.update()
+                .where(deliveries.c.id.in_(due.scalar_subquery()))
                 .values(claimed_by=claim, next_attempt_at=now + lease, updated_at=now)
             ).rowcount
             if not claimed:
                 return []
             rows = conn.execute(
-                sa.select(deliveries, events.c.source, events.c.format, events.c.payload,
-                          events.c.received_at)
+                sa.select(
+                    deliveries,
+                    events.c.source,
+                    events.c.format,
+                    events.c.payload,
+                    events.c.received_at,
+                )
                 .join(events, events.c.id == deliveries.c.event_id)
                 .where(deliveries.c.claimed_by == claim)
             ).mappings()
-            return [Delivery(r["id"], r["event_id"], r["mapping"], r["destination"], r["attempts"],
-                             claim, r["source"], r["format"], r["payload"], r["received_at"])
-                    for r in rows]
+            return [
+                Delivery(
+                    r["id"],
+                    r["event_id"],
+                    r["mapping"],
+                    r["destination"],
+                    r["attempts"],
+                    claim,
+                    r["source"],
+                    r["format"],
+                    r["payload"],
+                    r["received_at"],
+                )
+                for r in rows
+            ]
 
     def record(self, outcomes: Sequence[Outcome]) -> int:
         """Record outcomes in one transaction; returns how many still held their claim."""
@@ -209,20 +280,36 @@ class Store:
                 kept += conn.execute(
                     deliveries.update()
                     .where(deliveries.c.id == d.id, deliveries.c.claimed_by == d.claim)
-                    .values(status=o.status, attempts=d.attempts + o.is_attempt, claimed_by=None,
-                            last_error=o.detail if o.status != "delivered" else None,
-                            next_attempt_at=o.next_attempt_at or now, updated_at=now)
+                    .values(
+                        status=o.status,
+                        attempts=d.attempts + o.is_attempt,
+                        claimed_by=None,
+                        last_error=o.detail if o.status != "delivered" else None,
+                        next_attempt_at=o.next_attempt_at or now,
+                        updated_at=now,
+                    )
                 ).rowcount
-            conn.execute(attempts.insert(), [
-                dict(delivery_id=o.delivery.id, started_at=o.started_at, duration_ms=o.duration_ms,
-                     outcome=o.status, http_status=o.http_status, detail=o.detail)
-                for o in outcomes])
+            conn.execute(
+                attempts.insert(),
+                [
+                    dict(
+                        delivery_id=o.delivery.id,
+                        started_at=o.started_at,
+                        duration_ms=o.duration_ms,
+                        outcome=o.status,
+                        http_status=o.http_status,
+                        detail=o.detail,
+                    )
+                    for o in outcomes
+                ],
+            )
         return kept
 
-    def replay(self, event_ids: Sequence[str] = (), dead: bool = False,
-               destination: str | None = None) -> int:
+    def replay(
+        self, event_ids: Sequence[str] = (), dead: bool = False, destination: str | None = None
+    ) -> int:
         """Make deliveries due again with a fresh attempt budget; returns how many."""
-        where = []
+        where: list[sa.ColumnElement[bool]] = []
         if event_ids:
             where.append(deliveries.c.event_id.in_(list(event_ids)))
         if dead:
@@ -232,7 +319,8 @@ class Store:
         now = self.clock()
         with self.engine.begin() as conn:
             return conn.execute(
-                deliveries.update().where(*where, deliveries.c.claimed_by.is_(None))
+                deliveries.update()
+                .where(*where, deliveries.c.claimed_by.is_(None))
                 .values(status="pending", attempts=0, next_attempt_at=now, updated_at=now)
             ).rowcount
 
@@ -242,48 +330,72 @@ class Store:
         """Newest events first, each with its deliveries (ids, names and states only)."""
         query = sa.select(events.c.id, events.c.source, events.c.received_at)
         if status:
-            query = query.where(events.c.id.in_(
-                sa.select(deliveries.c.event_id).where(deliveries.c.status == status)))
+            query = query.where(
+                events.c.id.in_(
+                    sa.select(deliveries.c.event_id).where(deliveries.c.status == status)
+                )
+            )
         query = query.order_by(events.c.received_at.desc()).limit(limit)
         with self.engine.connect() as conn:
             found = [dict(r) for r in conn.execute(query).mappings()]
-            rows = conn.execute(
-                sa.select(deliveries.c.id, deliveries.c.event_id, deliveries.c.mapping,
-                          deliveries.c.destination, deliveries.c.status, deliveries.c.attempts,
-                          deliveries.c.last_error)
-                .where(deliveries.c.event_id.in_([e["id"] for e in found]))
-                .order_by(deliveries.c.destination)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.select(
+                        deliveries.c.id,
+                        deliveries.c.event_id,
+                        deliveries.c.mapping,
+                        deliveries.c.destination,
+                        deliveries.c.status,
+                        deliveries.c.attempts,
+                        deliveries.c.last_error,
+                    )
+                    .where(deliveries.c.event_id.in_([e["id"] for e in found]))
+                    .order_by(deliveries.c.destination)
+                )
+                .mappings()
+                .all()
+            )
         for event in found:
             event["deliveries"] = [dict(r) for r in rows if r["event_id"] == event["id"]]
         return found
 
     def known_events(self, event_ids: Sequence[str]) -> set[str]:
         with self.engine.connect() as conn:
-            return set(conn.execute(sa.select(events.c.id).where(events.c.id.in_(event_ids))).scalars())
+            return set(
+                conn.execute(sa.select(events.c.id).where(events.c.id.in_(event_ids))).scalars()
+            )
 
     def attempts_of(self, delivery_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(
-                sa.select(attempts).where(attempts.c.delivery_id == delivery_id)
-                .order_by(attempts.c.id)).mappings()]
+            return [
+                dict(r)
+                for r in conn.execute(
+                    sa.select(attempts)
+                    .where(attempts.c.delivery_id == delivery_id)
+                    .order_by(attempts.c.id)
+                ).mappings()
+            ]
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Deliveries by (destination, status): the backlog and outcomes /metrics reports."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(deliveries.c.destination, deliveries.c.status, sa.func.count())
-                .group_by(deliveries.c.destination, deliveries.c.status))
+                sa.select(deliveries.c.destination, deliveries.c.status, sa.func.count()).group_by(
+                    deliveries.c.destination, deliveries.c.status
+                )
+            )
             return {(d, s): n for d, s, n in rows}
 
 
 def _engine(url: str, timeout: float) -> Engine:
     if url.startswith("postgres://"):  # Heroku's spelling
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": timeout})
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": timeout}
+        )
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine

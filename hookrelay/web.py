@@ -62,8 +62,9 @@ def receive(source: str) -> ResponseReturnValue:
     check_address(src.auth, request.remote_addr, source)
     body = _body(config.max_body_bytes)
     authenticate(src.auth, request.headers, request.authorization, body, source)
-    stored = relay().store.store_events(source, src.format, parse_events(src, body),
-                                        config.targets(source))
+    stored = relay().store.store_events(
+        source, src.format, parse_events(src, body), config.targets(source)
+    )
     relay().worker.wake()
     for s in stored:
         outcome = "duplicate" if s.duplicate else "stored"
@@ -71,8 +72,11 @@ def receive(source: str) -> ResponseReturnValue:
         logger.info("event %s from %s: %s", s.event_id, source, outcome)
     status = 200 if all(s.duplicate for s in stored) else 202
     answers = [{"event_id": s.event_id, "duplicate": s.duplicate} for s in stored]
-    return jsonify(answers[0] if len(answers) == 1 and not body.lstrip().startswith(b"[")
-                   else {"events": answers}), status
+    return jsonify(
+        answers[0]
+        if len(answers) == 1 and not body.lstrip().startswith(b"[")
+        else {"events": answers}
+    ), status
 
 
 def _body(limit: int) -> bytes:
@@ -121,8 +125,9 @@ def _rejected(error: Rejected) -> ResponseReturnValue:
     if error.status != 401 and error.status != 403:  # auth already logged which check failed
         logger.warning("%s %s: %d %s", request.method, request.path, error.status, error.message)
     if request.endpoint == "hooks.receive":
-        metrics.EVENTS.labels(source if source in relay().config.sources else "-",
-                              f"rejected_{error.status}").inc()
+        metrics.EVENTS.labels(
+            source if source in relay().config.sources else "-", f"rejected_{error.status}"
+        ).inc()
     return jsonify(error=error.message), error.status, headers
 
 

@@ -31,12 +31,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def backoff(policy: Policy, attempt: int, retry_after: float | None,
-            rng: Callable[[], float] = random.random) -> float:
-    """Seconds before attempt `attempt + 1`: Retry-After when the vendor gave one, else full jitter."""
+def backoff(
+    policy: Policy,
+    attempt: int,
+    retry_after: float | None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds before the next attempt: Retry-After when the vendor gave one, else full jitter."""
     if retry_after is not None:
         return min(retry_after, policy.backoff_max)
-    return rng() * min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1))
+    ceiling: float = min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1))
+    return rng() * ceiling
 
 
 class Worker:
@@ -46,8 +51,10 @@ class Worker:
         self._running: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._running = [threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
-                         for i in range(self.threads)]
+        self._running = [
+            threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
+            for i in range(self.threads)
+        ]
         for thread in self._running:
             thread.start()
 
@@ -84,7 +91,9 @@ class Worker:
 
     def idle(self) -> float:
         """Seconds between polls when nothing is due: no longer than the shortest backoff."""
-        shortest = min((p.backoff_initial for p in self.relay.config.policies.values()), default=1.0)
+        shortest = min(
+            (p.backoff_initial for p in self.relay.config.policies.values()), default=1.0
+        )
         return min(1.0, max(0.02, shortest))
 
     def run_once(self, offset: int = 0) -> int:
@@ -92,9 +101,10 @@ class Worker:
         config = self.relay.config
         names = list(config.destinations)
         done = 0
-        for name in names[offset % len(names):] + names[:offset % len(names)] if names else []:
-            batch = self.relay.store.claim_due(config.destinations[name].batch_size,
-                                               config.policies[name].lease, [name])
+        for name in names[offset % len(names) :] + names[: offset % len(names)] if names else []:
+            batch = self.relay.store.claim_due(
+                config.destinations[name].batch_size, config.policies[name].lease, [name]
+            )
             if batch:
                 self.process(name, batch)
                 done += len(batch)
@@ -111,26 +121,39 @@ class Worker:
             metrics.ATTEMPTS.labels(name, o.status).inc()
             if o.status == "delivered":
                 metrics.LATENCY.labels(name).observe(max(0.0, time.time() - o.delivery.received_at))
-            logger.info("delivery %s of event %s to %s: %s%s", o.delivery.id, o.delivery.event_id,
-                        name, o.status, f" (http {o.http_status})" if o.http_status else "")
+            logger.info(
+                "delivery %s of event %s to %s: %s%s",
+                o.delivery.id,
+                o.delivery.event_id,
+                name,
+                o.status,
+                f" (http {o.http_status})" if o.http_status else "",
+            )
 
-    def _map(self, destination: Destination | None, batch: list[Delivery]
-             ) -> tuple[list[Outcome], list[tuple[Delivery, Record]]]:
+    def _map(
+        self, destination: Destination | None, batch: list[Delivery]
+    ) -> tuple[list[Outcome], list[tuple[Delivery, Record]]]:
         outcomes, records = [], []
         for d in batch:
             now = time.time()
             try:
                 if destination is None:
-                    raise Permanent(f"destination {d.destination!r} is no longer in the config; "
-                                    "restore it, then replay")
+                    raise Permanent(
+                        f"destination {d.destination!r} is no longer in the config; "
+                        "restore it, then replay"
+                    )
                 mapping = self.relay.config.mappings.get(d.mapping)
                 if mapping is None:
-                    raise Permanent(f"mapping {d.mapping!r} is no longer used by a route; "
-                                    "restore it, then replay")
+                    raise Permanent(
+                        f"mapping {d.mapping!r} is no longer used by a route; "
+                        "restore it, then replay"
+                    )
                 fields = mapping.apply(normalise(d.format, json.loads(d.payload)))
                 missing = [f for f in destination.required if fields.get(f) in (None, "")]
                 if missing:
-                    raise Skip(f"no {', '.join(missing)} in the record; {destination.type} needs it")
+                    raise Skip(
+                        f"no {', '.join(missing)} in the record; {destination.type} needs it"
+                    )
                 records.append((d, Record(d.id, d.event_id, fields)))
             except Skip as exc:
                 outcomes.append(Outcome(d, "skipped", now, 0, exc.message, is_attempt=False))
@@ -138,15 +161,18 @@ class Worker:
                 outcomes.append(Outcome(d, "dead", now, 0, exc.message))
         return outcomes, records
 
-    def _send(self, destination: Destination, policy: Policy,
-              records: list[tuple[Delivery, Record]]) -> list[Outcome]:
+    def _send(
+        self, destination: Destination, policy: Policy, records: list[tuple[Delivery, Record]]
+    ) -> list[Outcome]:
         started = time.time()
         try:
             destination.send([r for _, r in records])
         except DeliveryError as exc:
             error: DeliveryError | None = exc
         except Exception as exc:  # a bug in a destination must not lose the delivery: retry it
-            logger.error("destination %s raised %s; will retry", destination.name, type(exc).__name__)
+            logger.error(
+                "destination %s raised %s; will retry", destination.name, type(exc).__name__
+            )
             error = RetryLater(f"internal error ({type(exc).__name__}); see the relay's log")
         else:
             error = None
@@ -154,8 +180,9 @@ class Worker:
         return [self._outcome(d, policy, error, started, took) for d, _ in records]
 
     @staticmethod
-    def _outcome(d: Delivery, policy: Policy, error: DeliveryError | None, started: float,
-                 took: int) -> Outcome:
+    def _outcome(
+        d: Delivery, policy: Policy, error: DeliveryError | None, started: float, took: int
+    ) -> Outcome:
         if error is None:
             return Outcome(d, "delivered", started, took)
         status = getattr(error, "status", None)

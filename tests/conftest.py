@@ -30,9 +30,19 @@ SECRET = "test-secret"
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens: a request that leaves loopback fails loudly
 
 # Never in a log line: the samples' people, and the secrets the tests configure.
-FORBIDDEN = ("zoe.lefevre@example.com", "jan.peeters@example.com", "jane.doe@example.com",
-             "Zoë", "Lefèvre", "Peeters", SECRET, "old-secret", "s3cr3t-token", "basic-pass",
-             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+FORBIDDEN = (
+    "zoe.lefevre@example.com",
+    "jan.peeters@example.com",
+    "jane.doe@example.com",
+    "Zoë",
+    "Lefèvre",
+    "Peeters",
+    SECRET,
+    "old-secret",
+    "s3cr3t-token",
+    "basic-pass",
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+)
 
 for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
     os.environ[var] = DEAD_PROXY
@@ -69,7 +79,9 @@ def write_config(directory: Path, config: str, mappings: dict[str, str] | None =
     """config.yaml (dedented) and mappings/<name>.yaml in `directory`; returns config.yaml."""
     (directory / "mappings").mkdir(parents=True, exist_ok=True)
     for name, text in (mappings or {}).items():
-        (directory / "mappings" / f"{name}.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+        (directory / "mappings" / f"{name}.yaml").write_text(
+            textwrap.dedent(text), encoding="utf-8"
+        )
     path = directory / "config.yaml"
     path.write_text(textwrap.dedent(config), encoding="utf-8")
     return path
@@ -87,7 +99,9 @@ fields:
 def basic_config(directory: Path, sink_url: str = "http://127.0.0.1:9", **extra: str) -> Path:
     """One qualifio source signed with SECRET, one http destination, fast retries."""
     auth = extra.pop("auth", f'{{signature: {{secrets: ["{SECRET}"]}}}}')
-    return write_config(directory, f"""
+    return write_config(
+        directory,
+        f"""
         storage: sqlite:///relay.db
         storage_timeout: {extra.pop("storage_timeout", "5s")}
         sources:
@@ -102,7 +116,9 @@ def basic_config(directory: Path, sink_url: str = "http://127.0.0.1:9", **extra:
           backoff: {{initial: {extra.pop("initial", "50ms")}, max: {extra.pop("max", "200ms")}}}
           timeout: {extra.pop("timeout", "2s")}
           lease: {extra.pop("lease", "5s")}
-    """, {"pass": extra.pop("mapping", PASS_MAPPING)})
+    """,
+        {"pass": extra.pop("mapping", PASS_MAPPING)},
+    )
 
 
 class RunningRelay:
@@ -113,8 +129,9 @@ class RunningRelay:
         self.relay = self.app.extensions["relay"]
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.01}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -123,16 +140,18 @@ class RunningRelay:
         self.relay.worker.stop()
         self.relay.store.engine.dispose()
 
-    def post(self, body: bytes, source: str = "qualifio", secret: str | None = SECRET,
-             **headers: str) -> requests.Response:
+    def post(
+        self, body: bytes, source: str = "qualifio", secret: str | None = SECRET, **headers: str
+    ) -> requests.Response:
         if secret is not None:
             headers.setdefault("X-Qualifio-Signature", sign(body, secret))
         headers.setdefault("Content-Type", "application/json")
         return requests.post(f"{self.url}/hooks/{source}", data=body, headers=headers, timeout=10)
 
     def statuses(self) -> list[str]:
-        return [d["status"] for e in self.relay.store.list_events(limit=10_000)
-                for d in e["deliveries"]]
+        return [
+            d["status"] for e in self.relay.store.list_events(limit=10_000) for d in e["deliveries"]
+        ]
 
     def wait_settled(self, timeout: float = 15.0) -> list[str]:
         """Wait until no delivery is pending; returns every delivery's status."""
@@ -161,10 +180,19 @@ def start_relay() -> Iterator[Any]:
         r.stop()
 
 
-def relay_command(*args: str, cwd: Path | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def relay_command(
+    *args: str, cwd: Path | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run the real `relay` CLI in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "hookrelay", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **kwargs.pop("env", {})}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "hookrelay", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **kwargs.pop("env", {})},
+        **kwargs,
+    )
 
 
 def gunicorn_available() -> bool:

@@ -19,12 +19,14 @@ from tests.conftest import LOG_FILES, ROOT, basic_config, relay_command, write_c
 def test_send_signs_like_qualifio(tmp_path, sink, start_relay):
     config = basic_config(tmp_path, sink.url)
     relay = start_relay(config)
-    sent = relay_command("send", str(ROOT / "samples/v2-complete.json"), "--url", relay.url,
-                         "--config", str(config))
+    sent = relay_command(
+        "send", str(ROOT / "samples/v2-complete.json"), "--url", relay.url, "--config", str(config)
+    )
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith('202 {"duplicate":false,"event_id":')
-    again = relay_command("send", str(ROOT / "samples/v2-complete.json"), "--url", relay.url,
-                          "--config", str(config))
+    again = relay_command(
+        "send", str(ROOT / "samples/v2-complete.json"), "--url", relay.url, "--config", str(config)
+    )
     assert again.stdout.startswith('200 {"duplicate":true')
     assert relay.wait_settled() == ["delivered"]
 
@@ -41,13 +43,19 @@ def test_events_lists_ids_and_states_without_personal_data(tmp_path, sink, start
     assert relay_command("events", "--status", "dead", "--config", str(config)).stdout == ""
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("replay", "0123abcd"), "no event with id 0123abcd"),
-    (("replay",), "give event ids, or --dead"),
-    (("try", "nope", "samples/v2-complete.json"), "no route uses a mapping named 'nope'"),
-    (("send", "samples/v2-complete.json", "--url", "http://127.0.0.1:9"), "cannot reach the relay"),
-    (("send", "samples/v2-complete.json", "--source", "nope"), "unknown source 'nope'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("replay", "0123abcd"), "no event with id 0123abcd"),
+        (("replay",), "give event ids, or --dead"),
+        (("try", "nope", "samples/v2-complete.json"), "no route uses a mapping named 'nope'"),
+        (
+            ("send", "samples/v2-complete.json", "--url", "http://127.0.0.1:9"),
+            "cannot reach the relay",
+        ),
+        (("send", "samples/v2-complete.json", "--source", "nope"), "unknown source 'nope'"),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_1(tmp_path, args, message):
     config = basic_config(tmp_path)
     done = relay_command(*args, "--config", str(config), cwd=ROOT)
@@ -60,10 +68,15 @@ def test_check_reports_a_broken_config_in_one_line(tmp_path):
     config = write_config(tmp_path, "sources:\n  q: {format: xml}\n")
     done = relay_command("check", "--config", str(config))
     assert done.returncode == 1
-    assert done.stderr == f"Error: {config}:2: sources.q.format: unknown format 'xml'; " \
-                          "expected qualifio or json\n"
+    assert (
+        done.stderr == f"Error: {config}:2: sources.q.format: unknown format 'xml'; "
+        "expected qualifio or json\n"
+    )
     good = relay_command("check", "--config", str(basic_config(tmp_path)))
-    assert good.returncode == 0 and ": ok: 2 sources, 1 destinations, 1 mappings, 1 routes" in good.stdout
+    assert (
+        good.returncode == 0
+        and ": ok: 2 sources, 1 destinations, 1 mappings, 1 routes" in good.stdout
+    )
 
 
 def test_try_prints_the_record_or_why_it_is_skipped():
@@ -89,8 +102,14 @@ def test_serve_runs_the_example_config_end_to_end(tmp_path):
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1"}
     env.pop("DATABASE_URL", None)
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "hookrelay", "serve"], cwd=tmp_path,
-                                  env=env, stdout=out, stderr=out, start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "hookrelay", "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -100,11 +119,15 @@ def test_serve_runs_the_example_config_end_to_end(tmp_path):
                     break
             except requests.RequestException:  # not listening yet, or still booting its workers
                 time.sleep(0.1)
-        sent = relay_command("send", str(ROOT / "samples/v2-complete.json"), cwd=tmp_path,
-                             env={"PORT": str(port)})
+        sent = relay_command(
+            "send", str(ROOT / "samples/v2-complete.json"), cwd=tmp_path, env={"PORT": str(port)}
+        )
         assert sent.returncode == 0 and sent.stdout.startswith("202"), sent.stdout + sent.stderr
         rows, deadline = Path(tmp_path / "data/participations.csv"), time.monotonic() + 20
-        while not (rows.exists() and rows.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        while (
+            not (rows.exists() and rows.read_text().count("\n") >= 2)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         text = rows.read_text(encoding="utf-8")
         assert text.startswith("participation_id,state,")

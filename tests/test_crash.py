@@ -56,8 +56,14 @@ def free_port() -> int:
 class Supervised:
     """A process in its own process group, started again after each SIGKILL; one log per start."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], logs: Path,
-                 ready: Callable[[Supervised], bool]) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        logs: Path,
+        ready: Callable[[Supervised], bool],
+    ) -> None:
         self.name, self.command, self.env, self.logs, self.ready = name, command, env, logs, ready
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = logs / f"{name}-0.log"
@@ -68,13 +74,20 @@ class Supervised:
         self.log = self.logs / f"{self.name}-{self.starts}.log"
         LOG_FILES.append(self.log)
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + READY_WITHIN
         while not self.ready(self):
             if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode} on start; "
-                                     f"see {self.log}")
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode} on start; see {self.log}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name} not ready after {READY_WITHIN}s; see {self.log}")
             time.sleep(0.05)
@@ -83,8 +96,9 @@ class Supervised:
         """SIGKILL the whole process group (gunicorn's master and its workers alike)."""
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited by itself with {self.proc.returncode}; "
-                                 f"see {self.log}")
+            raise AssertionError(
+                f"{self.name} exited by itself with {self.proc.returncode}; see {self.log}"
+            )
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
@@ -104,6 +118,7 @@ def web_answers(url: str) -> Callable[[Supervised], bool]:
             return requests.get(f"{url}/healthz", timeout=1).status_code == 200
         except requests.RequestException:
             return False
+
     return ready
 
 
@@ -134,20 +149,23 @@ def webhook_id(request: Received) -> str:
 
 
 def relay_events(config_path: Path, status: str) -> str:
-    done = relay_command("events", "--status", status, "--limit", "10000",
-                         "--config", str(config_path))
+    done = relay_command(
+        "events", "--status", status, "--limit", "10000", "--config", str(config_path)
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 @pytest.mark.parametrize("victim", ["worker", "web"])
 def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
-        tmp_path: Path, victim: str) -> None:
+    tmp_path: Path, victim: str
+) -> None:
     seed = int(os.environ.get("CRASH_SEED") or random.randrange(2**32))
     print(f"victim={victim} CRASH_SEED={seed}")
     rng = random.Random(seed)
-    bodies = {json.loads(body)["id"]: body
-              for body in (participation(n) for n in range(PARTICIPATIONS))}
+    bodies = {
+        json.loads(body)["id"]: body for body in (participation(n) for n in range(PARTICIPATIONS))
+    }
     assert len(bodies) == PARTICIPATIONS
 
     with FakeServer() as sink:
@@ -155,15 +173,29 @@ def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         (tmp_path / "metrics").mkdir()
-        web_env = {**os.environ, "RELAY_CONFIG": str(config_path), "PORT": str(port),
-                   "HOST": "127.0.0.1", "RELAY_WORKER": "off", "WEB_CONCURRENCY": "2",
-                   "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-        web = Supervised("web", [sys.executable, "-m", "gunicorn", "-c",
-                                 "python:hookrelay.gunicorn_conf", "relay:app"],
-                         web_env, tmp_path, web_answers(url))
-        worker = Supervised("worker", [sys.executable, "-m", "hookrelay", "worker",
-                                       "--config", str(config_path)],
-                            dict(os.environ), tmp_path, worker_runs)
+        web_env = {
+            **os.environ,
+            "RELAY_CONFIG": str(config_path),
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "RELAY_WORKER": "off",
+            "WEB_CONCURRENCY": "2",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        }
+        web = Supervised(
+            "web",
+            [sys.executable, "-m", "gunicorn", "-c", "python:hookrelay.gunicorn_conf", "relay:app"],
+            web_env,
+            tmp_path,
+            web_answers(url),
+        )
+        worker = Supervised(
+            "worker",
+            [sys.executable, "-m", "hookrelay", "worker", "--config", str(config_path)],
+            dict(os.environ),
+            tmp_path,
+            worker_runs,
+        )
         target = web if victim == "web" else worker
 
         posting_done, stop = threading.Event(), threading.Event()
@@ -189,8 +221,13 @@ def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
             killing.start()
             try:
                 with ThreadPoolExecutor(POSTERS) as pool:
-                    statuses = dict(zip(bodies, pool.map(lambda b: post_until_stored(url, b),
-                                                         bodies.values()), strict=True))
+                    statuses = dict(
+                        zip(
+                            bodies,
+                            pool.map(lambda b: post_until_stored(url, b), bodies.values()),
+                            strict=True,
+                        )
+                    )
             finally:
                 posting_done.set()
                 killing.join(READY_WITHIN * 2)
@@ -203,8 +240,10 @@ def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
 
             answered = set(statuses)
             deadline = time.monotonic() + SETTLE_WITHIN
-            while (not answered <= {r.json()["id"] for r in list(sink.requests)}
-                   and time.monotonic() < deadline):
+            while (
+                not answered <= {r.json()["id"] for r in list(sink.requests)}
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.1)
             # A worker killed between the sink's answer and recording it leaves the delivery
             # pending until its lease ends; wait for those repeats too, so none comes later.
@@ -219,12 +258,14 @@ def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
             for request in received:
                 ids_by_participation[request.json()["id"]].add(webhook_id(request))
             repeats = len(received) - len(ids_by_participation)
-            print(f"victim={victim}: {len(kills)} kills "
-                  f"({sum(k < posted for k in kills)} while posting), {len(answered)} answered 2xx "
-                  f"({sum(s == 200 for s in statuses.values())} as duplicates), "
-                  f"{len(received)} sink requests, {repeats} repeats "
-                  f"({len(sink.seen)} seen); posting {posted - started:.1f}s, "
-                  f"settled after {settled - posted:.1f}s")
+            print(
+                f"victim={victim}: {len(kills)} kills "
+                f"({sum(k < posted for k in kills)} while posting), {len(answered)} answered 2xx "
+                f"({sum(s == 200 for s in statuses.values())} as duplicates), "
+                f"{len(received)} sink requests, {repeats} repeats "
+                f"({len(sink.seen)} seen); posting {posted - started:.1f}s, "
+                f"settled after {settled - posted:.1f}s"
+            )
 
             assert set(ids_by_participation) == answered
             assert len(answered) == PARTICIPATIONS

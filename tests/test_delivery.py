@@ -24,7 +24,9 @@ def test_500_then_200_delivers_the_record_once(tmp_path, sink, start_relay):
     assert sink.seen[0].headers["Webhook-Id"] == sink.seen[1].headers["Webhook-Id"]
     delivery = relay.relay.store.list_events()[0]["deliveries"][0]
     assert [a["outcome"] for a in relay.relay.store.attempts_of(delivery["id"])] == [
-        "pending", "delivered"]
+        "pending",
+        "delivered",
+    ]
     assert [a["http_status"] for a in relay.relay.store.attempts_of(delivery["id"])] == [500, None]
 
 
@@ -78,7 +80,9 @@ def test_replay_one_event_sends_it_again_with_the_same_webhook_id(tmp_path, sink
     assert relay.wait_settled() == ["delivered", "delivered"]
     ids = [r.json()["id"] for r in sink.requests]
     assert sorted(ids) == sorted([ids[0], ids[1], json.loads(participation(1))["id"]])
-    assert sink.requests[2].headers["Webhook-Id"] in {r.headers["Webhook-Id"] for r in sink.requests[:2]}
+    assert sink.requests[2].headers["Webhook-Id"] in {
+        r.headers["Webhook-Id"] for r in sink.requests[:2]
+    }
 
 
 def test_timeouts_are_retried_with_the_same_webhook_id(tmp_path, sink, start_relay):
@@ -105,7 +109,9 @@ def test_unreachable_destination_is_retried_then_dead(tmp_path, start_relay):
     relay = start_relay(basic_config(tmp_path, "http://127.0.0.1:9/hook", max_attempts="2"))
     relay.post(participation(1))
     assert relay.wait_settled() == ["dead"]
-    assert "could not be reached" in relay.relay.store.list_events()[0]["deliveries"][0]["last_error"]
+    assert (
+        "could not be reached" in relay.relay.store.list_events()[0]["deliveries"][0]["last_error"]
+    )
 
 
 def test_redirects_are_not_followed(tmp_path, sink, start_relay):
@@ -113,13 +119,17 @@ def test_redirects_are_not_followed(tmp_path, sink, start_relay):
     relay = start_relay(basic_config(tmp_path, sink.url))
     relay.post(participation(1))
     assert relay.wait_settled() == ["dead"]
-    assert "set the final address" in relay.relay.store.list_events()[0]["deliveries"][0]["last_error"]
+    assert (
+        "set the final address" in relay.relay.store.list_events()[0]["deliveries"][0]["last_error"]
+    )
 
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-def test_standard_webhooks_signature_verifies_with_the_reference_library(tmp_path, sink, start_relay):
+def test_standard_webhooks_signature_verifies_with_the_reference_library(
+    tmp_path, sink, start_relay
+):
     relay = start_relay(basic_config(tmp_path, sink.url, sink_options=f'secret: "{WHSEC}"'))
     relay.post(participation(1))
     relay.wait_settled()
@@ -138,8 +148,11 @@ def test_signature_matches_the_known_answer_vector():
 
     vector = json.loads(vectors.read_text())["vectors"][0]
     http = Http("v", Context(Path("."), 1.0), url="http://127.0.0.1:9", secret=vector["secret"])
-    headers = http.signed_headers(vector["webhook-id"][len("msg_"):], vector["body"].encode(),
-                                  now=float(vector["webhook-timestamp"]))
+    headers = http.signed_headers(
+        vector["webhook-id"][len("msg_") :],
+        vector["body"].encode(),
+        now=float(vector["webhook-timestamp"]),
+    )
     assert headers["webhook-signature"] == vector["webhook-signature"]
 
 
@@ -165,9 +178,15 @@ def test_opt_in_zero_is_left_out_one_kept_and_empty_omitted(tmp_path, sink, star
     relay.post(sample("v2-incomplete.json"))
     assert sorted(relay.wait_settled()) == ["delivered", "skipped"]
     assert sink.requests[0].json() == {
-        "id": "7F3C2A91-5B4E-4D2A-9C1E-2B8F6A0D4E11", "merge_fields": {"NEWSLETTER": "1"}}
-    skipped = [d for e in relay.relay.store.list_events() for d in e["deliveries"]
-               if d["status"] == "skipped"]
+        "id": "7F3C2A91-5B4E-4D2A-9C1E-2B8F6A0D4E11",
+        "merge_fields": {"NEWSLETTER": "1"},
+    }
+    skipped = [
+        d
+        for e in relay.relay.store.list_events()
+        for d in e["deliveries"]
+        if d["status"] == "skipped"
+    ]
     assert skipped[0]["last_error"].startswith("when: state == 'COMPLETED'")
 
 
@@ -182,6 +201,7 @@ def test_a_fixed_mapping_applies_on_replay(tmp_path, sink, start_relay):
 
     (tmp_path / "mappings" / "pass.yaml").write_text("fields:\n  id: id\n")
     from hookrelay.config import load_config
+
     relay.relay.config = load_config(config)  # what a reload does
     assert relay_command("replay", event_id, "--config", str(config)).returncode == 0
     relay.relay.worker.wake()

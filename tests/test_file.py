@@ -31,7 +31,8 @@ def test_csv_header_comes_from_the_first_record(tmp_path):
     dest = file_destination(tmp_path, "out/rows.csv")
     dest.send(records({"id": "1", "name": "Zo", "nested": {"a": [1, 2]}, "ok": True, "none": None}))
     assert read_csv(tmp_path / "out/rows.csv") == [
-        {"id": "1", "name": "Zo", "nested": '{"a": [1, 2]}', "ok": "true", "none": ""}]
+        {"id": "1", "name": "Zo", "nested": '{"a": [1, 2]}', "ok": "true", "none": ""}
+    ]
 
 
 def test_new_columns_extend_the_header_and_keep_rows_aligned(tmp_path):
@@ -40,7 +41,8 @@ def test_new_columns_extend_the_header_and_keep_rows_aligned(tmp_path):
     dest.send(records({"id": "2", "c": "y, with comma", "why": '=HYPERLINK("x")'}))
     assert read_csv(tmp_path / "rows.csv") == [
         {"id": "1", "b": "x", "c": "", "why": ""},
-        {"id": "2", "b": "", "c": "y, with comma", "why": '=HYPERLINK("x")'}]
+        {"id": "2", "b": "", "c": "y, with comma", "why": '=HYPERLINK("x")'},
+    ]
 
 
 def test_jsonl_appends_one_object_per_line(tmp_path):
@@ -72,7 +74,8 @@ def test_concurrent_processes_never_interleave_or_lose_rows(tmp_path):
         p.join(30)
     rows = read_csv(tmp_path / "rows.csv")
     assert sorted((r["worker"], int(r["n"])) for r in rows) == sorted(
-        (str(w), n) for w in range(4) for n in range(40))
+        (str(w), n) for w in range(4) for n in range(40)
+    )
     assert all(None not in r for r in rows)  # no row longer than the header
     with open(tmp_path / "rows.csv", encoding="utf-8") as f:
         header = next(csv.reader(f))

@@ -27,7 +27,10 @@ def test_v2_variables_come_from_form_optins_and_questionnaire():
     variables = payload("v2-complete.json")["variables"]
     assert variables["email"] == "zoe.lefevre@example.com"
     assert (variables["newsletter_optin"], variables["partners_optin"], variables["sms_optin"]) == (
-        "1", "0", "")
+        "1",
+        "0",
+        "",
+    )
     assert variables["q1_tour_year"] == "1903"
     assert variables["bike_photo"].startswith("https://files.qualifio.com/")
     assert payload("v2-complete.json")["form"][0]["variable"] == "firstname"  # raw kept beside
@@ -35,19 +38,27 @@ def test_v2_variables_come_from_form_optins_and_questionnaire():
 
 def test_v1_variables_are_crm_merged_with_sso():
     variables = payload("v1-participation.json")["variables"]
-    assert variables["email"] == "jan.peeters@example.com" and variables["EMAIL"] == variables["email"]
+    assert (
+        variables["email"] == "jan.peeters@example.com" and variables["EMAIL"] == variables["email"]
+    )
     assert (variables["dailynews"], variables["label1_bit"]) == ("1", "0")
 
 
 def test_several_responses_give_a_list_and_none_give_null():
-    data = {"id": "x", "questionnaire": [
-        {"variable": "many", "responses": [{"value": "a"}, {"value": "b"}]},
-        {"variable": "none", "responses": []}]}
+    data = {
+        "id": "x",
+        "questionnaire": [
+            {"variable": "many", "responses": [{"value": "a"}, {"value": "b"}]},
+            {"variable": "none", "responses": []},
+        ],
+    }
     assert normalise("qualifio", data)["variables"] == {"many": ["a", "b"], "none": None}
 
 
 def test_fields_literals_and_nested_output(tmp_path):
-    m = mapping(tmp_path, """
+    m = mapping(
+        tmp_path,
+        """
 fields:
   email: lower(variables.email)
   source: "'qualifio'"
@@ -55,10 +66,14 @@ fields:
   person:
     first: variables.firstname
     tags: "['quiz', campaign.type]"
-""")
+""",
+    )
     assert m.apply(payload("v2-complete.json")) == {
-        "email": "zoe.lefevre@example.com", "source": "qualifio", "score": 10,
-        "person": {"first": "Zoë", "tags": ["quiz", "QUIZZ"]}}
+        "email": "zoe.lefevre@example.com",
+        "source": "qualifio",
+        "score": 10,
+        "person": {"first": "Zoë", "tags": ["quiz", "QUIZZ"]},
+    }
 
 
 def test_when_rejects_with_its_expression(tmp_path):
@@ -68,18 +83,22 @@ def test_when_rejects_with_its_expression(tmp_path):
 
 
 def test_drop_applies_to_listed_fields_only_at_any_depth(tmp_path):
-    m = mapping(tmp_path, """
+    m = mapping(
+        tmp_path,
+        """
 fields:
   partners: variables.partners_optin
   nested: {partners: variables.partners_optin, newsletter: variables.newsletter_optin}
 drop: {values: ["0"], fields: [nested.partners]}
-""")
-    assert m.apply(payload("v2-complete.json")) == {
-        "partners": "0", "nested": {"newsletter": "1"}}
+""",
+    )
+    assert m.apply(payload("v2-complete.json")) == {"partners": "0", "nested": {"newsletter": "1"}}
 
 
 def test_drop_without_fields_applies_everywhere_and_omit_empty(tmp_path):
-    m = mapping(tmp_path, """
+    m = mapping(
+        tmp_path,
+        """
 fields:
   partners: variables.partners_optin
   sms: variables.sms_optin
@@ -88,5 +107,6 @@ fields:
   count: "`0`"
 drop: {values: ["0"]}
 omit_empty: true
-""")
+""",
+    )
     assert m.apply(payload("v2-complete.json")) == {"count": 0}  # the number 0 is not "0"

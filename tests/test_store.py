@@ -56,8 +56,9 @@ def test_the_same_key_is_a_duplicate_of_the_first_event(store):
 
 def test_concurrent_ingest_of_one_participation_stores_it_once(store):
     results = []
-    threads = [threading.Thread(target=lambda: results.extend(ingest(store, "same")))
-               for _ in range(20)]
+    threads = [
+        threading.Thread(target=lambda: results.extend(ingest(store, "same"))) for _ in range(20)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -121,8 +122,11 @@ def test_counts_by_destination_and_status(store, clock):
     ingest(store, "a", "b")
     [d] = store.claim_due(1, lease=30, destinations=["sink"])
     store.record([Outcome(d, "delivered", clock.now, 5)])
-    assert store.counts() == {("sink", "delivered"): 1, ("sink", "pending"): 1,
-                              ("archive", "pending"): 2}
+    assert store.counts() == {
+        ("sink", "delivered"): 1,
+        ("sink", "pending"): 1,
+        ("archive", "pending"): 2,
+    }
 
 
 def test_sqlite_is_in_wal_mode_with_full_sync(store):

@@ -12,7 +12,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SECRET, basic_config, participation, sample, write_config, PASS_MAPPING
+from tests.conftest import PASS_MAPPING, SECRET, basic_config, participation, sample, write_config
 
 V2 = sample("v2-complete.json")
 
@@ -62,30 +62,40 @@ def _held_lock(tmp_path):
 
 
 # DESIGN §4, one row each: what is sent, and the answer it must get.
-@pytest.mark.parametrize(("request_kind", "status", "message"), [
-    ("malformed JSON", 400, "body is not valid JSON"),
-    ("JSON that is not an object", 400, "expected a JSON object"),
-    ("participation without id", 400, "has an 'id'"),
-    ("empty array", 400, "expected a JSON object"),
-    ("missing signature", 401, "missing or wrong credentials"),
-    ("wrong signature", 401, "missing or wrong credentials"),
-    ("signature with another secret", 401, "missing or wrong credentials"),
-    ("garbage signature header", 401, "missing or wrong credentials"),
-    ("unknown source", 404, "no source named"),
-    ("body over max_body_bytes", 413, "over the limit"),
-    ("chunked body over max_body_bytes", 413, "over the limit"),
-    ("storage unavailable", 503, "storage is unavailable"),
-])
-def test_bad_requests_get_a_precise_answer(tmp_path, sink, start_relay, request_kind, status,
-                                           message):
+@pytest.mark.parametrize(
+    ("request_kind", "status", "message"),
+    [
+        ("malformed JSON", 400, "body is not valid JSON"),
+        ("JSON that is not an object", 400, "expected a JSON object"),
+        ("participation without id", 400, "has an 'id'"),
+        ("empty array", 400, "expected a JSON object"),
+        ("missing signature", 401, "missing or wrong credentials"),
+        ("wrong signature", 401, "missing or wrong credentials"),
+        ("signature with another secret", 401, "missing or wrong credentials"),
+        ("garbage signature header", 401, "missing or wrong credentials"),
+        ("unknown source", 404, "no source named"),
+        ("body over max_body_bytes", 413, "over the limit"),
+        ("chunked body over max_body_bytes", 413, "over the limit"),
+        ("storage unavailable", 503, "storage is unavailable"),
+    ],
+)
+def test_bad_requests_get_a_precise_answer(
+    tmp_path, sink, start_relay, request_kind, status, message
+):
     relay = start_relay(basic_config(tmp_path, sink.url, storage_timeout="300ms"))
-    bodies = {"malformed JSON": b'{"id": ', "JSON that is not an object": b'"hello"',
-              "participation without id": b'{"state": "COMPLETED"}', "empty array": b"[]"}
+    bodies = {
+        "malformed JSON": b'{"id": ',
+        "JSON that is not an object": b'"hello"',
+        "participation without id": b'{"state": "COMPLETED"}',
+        "empty array": b"[]",
+    }
     url, headers, body = f"{relay.url}/hooks/qualifio", {}, bodies.get(request_kind, V2)
     sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     headers["X-Qualifio-Signature"] = {
-        "missing signature": "", "wrong signature": sig[:-4] + "0000",
-        "signature with another secret": "sha256=" + hmac.new(b"x", body, hashlib.sha256).hexdigest(),
+        "missing signature": "",
+        "wrong signature": sig[:-4] + "0000",
+        "signature with another secret": "sha256="
+        + hmac.new(b"x", body, hashlib.sha256).hexdigest(),
         "garbage signature header": "sha256=zzz\u00e9".encode().decode("latin-1"),
     }.get(request_kind, sig)
     if request_kind == "unknown source":
@@ -117,25 +127,42 @@ def test_unknown_route_is_a_json_404(tmp_path, start_relay):
 
 
 def test_rotated_secrets_are_all_accepted_hex_and_base64(tmp_path, sink, start_relay):
-    relay = start_relay(basic_config(
-        tmp_path, sink.url, auth='{signature: {secrets: ["new-secret", "old-secret"]}}'))
+    relay = start_relay(
+        basic_config(
+            tmp_path, sink.url, auth='{signature: {secrets: ["new-secret", "old-secret"]}}'
+        )
+    )
     old = participation(1)
     assert relay.post(old, secret="old-secret").status_code == 202
     new = participation(2)
     b64 = base64.b64encode(hmac.new(b"new-secret", new, hashlib.sha256).digest()).decode()
-    assert relay.post(new, secret=None, **{"X-Qualifio-Signature": f"sha256={b64}"}).status_code == 202
+    assert (
+        relay.post(new, secret=None, **{"X-Qualifio-Signature": f"sha256={b64}"}).status_code == 202
+    )
     assert relay.post(participation(3), secret="retired").status_code == 401
 
 
-@pytest.mark.parametrize(("auth", "good", "bad"), [
-    ('{header: {name: X-Relay-Token, value: "s3cr3t-token"}}',
-     {"X-Relay-Token": "s3cr3t-token"}, {"X-Relay-Token": "s3cr3t-tokem"}),
-    ('{header: {name: Authorization, value: "Bearer s3cr3t-token"}}',
-     {"Authorization": "Bearer s3cr3t-token"}, {"Authorization": "Bearer nope"}),
-    ('{basic: {username: qualifio, password: basic-pass}}',
-     {"Authorization": "Basic " + base64.b64encode(b"qualifio:basic-pass").decode()},
-     {"Authorization": "Basic " + base64.b64encode(b"qualifio:wrong").decode()}),
-], ids=["custom header", "bearer", "basic"])
+@pytest.mark.parametrize(
+    ("auth", "good", "bad"),
+    [
+        (
+            '{header: {name: X-Relay-Token, value: "s3cr3t-token"}}',
+            {"X-Relay-Token": "s3cr3t-token"},
+            {"X-Relay-Token": "s3cr3t-tokem"},
+        ),
+        (
+            '{header: {name: Authorization, value: "Bearer s3cr3t-token"}}',
+            {"Authorization": "Bearer s3cr3t-token"},
+            {"Authorization": "Bearer nope"},
+        ),
+        (
+            "{basic: {username: qualifio, password: basic-pass}}",
+            {"Authorization": "Basic " + base64.b64encode(b"qualifio:basic-pass").decode()},
+            {"Authorization": "Basic " + base64.b64encode(b"qualifio:wrong").decode()},
+        ),
+    ],
+    ids=["custom header", "bearer", "basic"],
+)
 def test_header_bearer_and_basic_auth(tmp_path, sink, start_relay, auth, good, bad):
     relay = start_relay(basic_config(tmp_path, sink.url, auth=auth))
     assert relay.post(participation(1), secret=None, **good).status_code == 202
@@ -144,7 +171,10 @@ def test_header_bearer_and_basic_auth(tmp_path, sink, start_relay, auth, good, b
 
 
 def test_every_configured_check_must_pass(tmp_path, sink, start_relay):
-    auth = f'{{header: {{name: X-Relay-Token, value: s3cr3t-token}}, signature: {{secrets: ["{SECRET}"]}}}}'
+    auth = (
+        "{header: {name: X-Relay-Token, value: s3cr3t-token},"
+        f' signature: {{secrets: ["{SECRET}"]}}}}'
+    )
     relay = start_relay(basic_config(tmp_path, sink.url, auth=auth))
     token = {"X-Relay-Token": "s3cr3t-token"}
     assert relay.post(participation(1), **token).status_code == 202
@@ -153,7 +183,9 @@ def test_every_configured_check_must_pass(tmp_path, sink, start_relay):
 
 
 def _ip_config(tmp_path, sink, hops):
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         storage: sqlite:///relay.db
         trusted_proxy_hops: {hops}
         sources:
@@ -163,14 +195,17 @@ def _ip_config(tmp_path, sink, hops):
           sink: {{type: http, url: "{sink.url}"}}
         routes:
           - {{from: qualifio, mapping: pass, to: [sink]}}
-    """, {"pass": PASS_MAPPING})
+    """,
+        {"pass": PASS_MAPPING},
+    )
 
 
 def test_allow_list_without_proxy_uses_the_peer_address(tmp_path, sink, start_relay):
     relay = start_relay(_ip_config(tmp_path, sink, 0))
     assert relay.post(participation(1), secret=None).status_code == 202  # from 127.0.0.1
-    spoofed = relay.post(participation(2), source="strict", secret=None,
-                         **{"X-Forwarded-For": "203.0.113.7"})
+    spoofed = relay.post(
+        participation(2), source="strict", secret=None, **{"X-Forwarded-For": "203.0.113.7"}
+    )
     assert spoofed.status_code == 403  # a forwarded header is not trusted without a proxy
 
 
@@ -178,15 +213,20 @@ def test_allow_list_behind_one_trusted_proxy_uses_its_hop(tmp_path, sink, start_
     relay = start_relay(_ip_config(tmp_path, sink, 1))
     # The proxy appends the real client; anything before it was written by the client.
     via_proxy = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
-    assert relay.post(participation(1), source="strict", secret=None, **via_proxy).status_code == 202
+    assert (
+        relay.post(participation(1), source="strict", secret=None, **via_proxy).status_code == 202
+    )
     forged = {"X-Forwarded-For": "203.0.113.7, 198.51.100.1"}
     assert relay.post(participation(2), source="strict", secret=None, **forged).status_code == 403
 
 
 def _metrics(url):
     text = requests.get(f"{url}/metrics", timeout=5).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_healthz_readyz_and_metrics(tmp_path, sink, start_relay):

@@ -55,26 +55,41 @@ def _registry() -> dict[str, type[Destination]]:
 DESTINATIONS: dict[str, type[Destination]] = _registry()
 
 
-def build_destination(doc: Document, key: Key, name: str, options: dict[str, Any],
-                      base_dir: Path, timeout: float, also: tuple[str, ...] = ()) -> Destination:
+def build_destination(
+    doc: Document,
+    key: Key,
+    name: str,
+    options: dict[str, Any],
+    base_dir: Path,
+    timeout: float,
+    also: tuple[str, ...] = (),
+) -> Destination:
     """Validate a destination's options against its class and build it; errors carry the line.
 
     `also` names the keys every destination takes besides its own (the delivery policy).
     """
     kind = options.pop("type", None)
     if kind not in DESTINATIONS:
-        raise doc.error(key + ("type",), f"unknown destination type {kind!r}; expected one of "
-                        f"{', '.join(sorted(DESTINATIONS))}")
+        raise doc.error(
+            key + ("type",),
+            f"unknown destination type {kind!r}; expected one of {', '.join(sorted(DESTINATIONS))}",
+        )
     cls = DESTINATIONS[kind]
-    params = {n: p for n, p in inspect.signature(cls).parameters.items()
-              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    params = {
+        n: p
+        for n, p in inspect.signature(cls).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
     for option in options:
         if option not in params:
             known = sorted([*params, *also])
             hint = difflib.get_close_matches(option, known, n=1)
             guess = f"did you mean {hint[0]!r}? " if hint else ""
-            raise doc.error(key + (option,), f"unknown option {option!r} for a {kind} destination; "
-                            f"{guess}expected one of {', '.join(known)}")
+            raise doc.error(
+                key + (option,),
+                f"unknown option {option!r} for a {kind} destination; "
+                f"{guess}expected one of {', '.join(known)}",
+            )
     for option, param in params.items():
         if param.default is inspect.Parameter.empty and option not in options:
             raise doc.error(key, f"a {kind} destination needs {option!r}")

@@ -28,8 +28,16 @@ def check_url(url: Any, key: str = "url") -> str:
     return url.rstrip("/") if key == "base_url" else url
 
 
-def request(s: requests.Session, method: str, url: str, *, timeout: float, what: str,
-            secrets: Iterable[str] = (), **kwargs: Any) -> requests.Response:
+def request(
+    s: requests.Session,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    what: str,
+    secrets: Iterable[str] = (),
+    **kwargs: Any,
+) -> requests.Response:
     """Send one request; a 2xx is returned, anything else raised as RetryLater or Permanent.
 
     Redirects are not followed: a moved endpoint is a configuration to fix, not to guess.
@@ -50,7 +58,9 @@ def classify(response: requests.Response, what: str, secrets: Iterable[str] = ()
     code = response.status_code
     message = f"{what} answered {code}: {excerpt(response.text, secrets)}"
     if code in RETRY_STATUSES or code >= 500:
-        return RetryLater(message, delay=retry_after(response.headers.get("Retry-After")), status=code)
+        return RetryLater(
+            message, delay=retry_after(response.headers.get("Retry-After")), status=code
+        )
     if 300 <= code < 400:
         message += f" (redirected to {response.headers.get('Location')}: set the final address)"
     return Permanent(message, status=code)

@@ -32,8 +32,9 @@ class File:
         self.name = name
         self.path = context.base_dir / str(path)
         if self.path.suffix not in FORMATS:
-            raise ConfigError(f"expected a file ending in {', '.join(FORMATS)}, got {path!r}",
-                              key="path")
+            raise ConfigError(
+                f"expected a file ending in {', '.join(FORMATS)}, got {path!r}", key="path"
+            )
         self.format = FORMATS[self.path.suffix]
         self._thread_lock = threading.Lock()  # flock is per process; threads need their own
 
@@ -42,8 +43,9 @@ class File:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._locked():
                 if self.format == "jsonl":
-                    self._append("".join(
-                        json.dumps(r.fields, ensure_ascii=False) + "\n" for r in records))
+                    self._append(
+                        "".join(json.dumps(r.fields, ensure_ascii=False) + "\n" for r in records)
+                    )
                 else:
                     self._append_csv([r.fields for r in records])
         except OSError as exc:
@@ -87,8 +89,10 @@ class File:
     def _rewrite(self, columns: list[str]) -> None:
         """Extend the header row: rewrite the file to a temporary one, then swap it in."""
         temporary = self.path.with_suffix(".csv.tmp")
-        with open(self.path, encoding="utf-8", newline="") as src, \
-                open(temporary, "w", encoding="utf-8", newline="") as dst:
+        with (
+            open(self.path, encoding="utf-8", newline="") as src,
+            open(temporary, "w", encoding="utf-8", newline="") as dst,
+        ):
             writer = csv.DictWriter(dst, columns, restval="")
             writer.writeheader()
             writer.writerows(csv.DictReader(src))

@@ -15,8 +15,7 @@ import json
 import time
 from typing import Any, ClassVar
 
-from hookrelay.destinations import Context, Record
-from hookrelay.destinations import _http
+from hookrelay.destinations import Context, Record, _http
 from hookrelay.errors import ConfigError
 
 
@@ -25,13 +24,21 @@ class Http:
     batch_size: ClassVar[int] = 1
     required: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, name: str, context: Context, *, url: str, secret: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        context: Context,
+        *,
+        url: str,
+        secret: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.name, self.timeout = name, context.timeout
         self.url = _http.check_url(url)
         self.key = _secret_key(secret) if secret else None
         if headers is not None and not (
-                isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())):
+            isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())
+        ):
             raise ConfigError("expected a mapping of header names to text values", key="headers")
         self.headers = {str(k): v for k, v in (headers or {}).items()}
         self.secrets = [secret or "", *self.headers.values()]
@@ -40,15 +47,27 @@ class Http:
     def send(self, records: list[Record]) -> None:
         for record in records:
             body = json.dumps(record.fields, ensure_ascii=False).encode()
-            _http.request(self.session, "POST", self.url, timeout=self.timeout, data=body,
-                          headers=self.signed_headers(record.delivery_id, body),
-                          what=f"the endpoint of {self.name}", secrets=self.secrets)
+            _http.request(
+                self.session,
+                "POST",
+                self.url,
+                timeout=self.timeout,
+                data=body,
+                headers=self.signed_headers(record.delivery_id, body),
+                what=f"the endpoint of {self.name}",
+                secrets=self.secrets,
+            )
 
-    def signed_headers(self, delivery_id: str, body: bytes, now: float | None = None
-                       ) -> dict[str, str]:
+    def signed_headers(
+        self, delivery_id: str, body: bytes, now: float | None = None
+    ) -> dict[str, str]:
         msg_id, timestamp = f"msg_{delivery_id}", str(int(now if now is not None else time.time()))
-        headers = {**self.headers, "Content-Type": "application/json",
-                   "webhook-id": msg_id, "webhook-timestamp": timestamp}
+        headers = {
+            **self.headers,
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": timestamp,
+        }
         if self.key is not None:
             signed = f"{msg_id}.{timestamp}.".encode() + body
             digest = hmac.new(self.key, signed, hashlib.sha256).digest()
@@ -62,6 +81,6 @@ def _secret_key(secret: Any) -> bytes:
     if not text.startswith("whsec_"):
         return text.encode()
     try:
-        return base64.b64decode(text[len("whsec_"):], validate=True)
+        return base64.b64decode(text[len("whsec_") :], validate=True)
     except binascii.Error:
         raise ConfigError("a whsec_ secret must be base64 after the prefix", key="secret") from None

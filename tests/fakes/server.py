@@ -35,7 +35,7 @@ class Answer:
 
 
 class FakeServer:
-    """`script` answers are used in order, then `default`; `check` may return an Answer to refuse."""
+    """Answers come from `script` in order, then `default`; `check` may refuse a request."""
 
     def __init__(self, check: Callable[[Received], Answer | None] | None = None) -> None:
         self.requests: list[Received] = []  # the requests answered 2xx
@@ -46,8 +46,9 @@ class FakeServer:
         self._lock = threading.Lock()
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.01}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
 
     def __enter__(self) -> FakeServer:
         self._thread.start()
@@ -63,8 +64,13 @@ class FakeServer:
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
-        received = Received(request.method, request.path, dict(request.headers), request.get_data(),
-                            dict(request.args))
+        received = Received(
+            request.method,
+            request.path,
+            dict(request.headers),
+            request.get_data(),
+            dict(request.args),
+        )
         answer = self.check(received) if self.check else None
         with self._lock:
             if answer is None:
@@ -75,8 +81,9 @@ class FakeServer:
         if answer.delay:
             time.sleep(answer.delay)
         body = answer.body if isinstance(answer.body, str | bytes) else json.dumps(answer.body)
-        return Response(body, answer.status, answer.headers,
-                        content_type="application/json")(environ, start_response)
+        return Response(body, answer.status, answer.headers, content_type="application/json")(
+            environ, start_response
+        )
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[Received]:
         """Wait until `count` requests were accepted; returns them."""
