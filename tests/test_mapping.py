@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 
+import jmespath
 import pytest
 
 from hookrelay.config import Document
-from hookrelay.errors import Skip
-from hookrelay.mapping import load_mapping
+from hookrelay.errors import Permanent, Skip
+from hookrelay.mapping import OPTIONS, Functions, load_mapping
 from hookrelay.sources import normalise
 from tests.conftest import sample
+
+EXTRA = sorted(n[len("_func_") :] for n in vars(Functions) if n.startswith("_func_"))
 
 
 def mapping(tmp_path, text):
@@ -110,3 +113,59 @@ omit_empty: true
 """,
     )
     assert m.apply(payload("v2-complete.json")) == {"count": 0}  # the number 0 is not "0"
+
+
+@pytest.mark.parametrize(
+    ("expression", "data", "expected"),
+    [
+        ("lower(a)", {"a": "Zo@X.BE"}, "zo@x.be"),
+        ("upper(a)", {"a": "be"}, "BE"),
+        ("trim(a)", {"a": " 1050 "}, "1050"),
+        ("title(a)", {"a": "namur"}, "Namur"),
+        ("replace(a, '/', '')", {"a": "0470/12.34"}, "047012.34"),
+        ("split(a, ',')", {"a": "a,b"}, ["a", "b"]),
+        ("concat(a, ' ', b, c)", {"a": "Zo", "b": 7}, "Zo 7"),
+        ("coalesce(a, b, c)", {"a": "", "b": None, "c": "x"}, "x"),
+        ("default(a, 'none')", {"a": ""}, "none"),
+        ("default(a, 'none')", {"a": "0"}, "0"),
+        ("to_bool(a)", {"a": "1"}, True),
+        ("to_bool(a)", {"a": "0"}, False),
+        ("to_bool(a)", {"a": "maybe"}, None),
+        ("from_unix(a)", {"a": "1563972535"}, "2019-07-24T12:48:55Z"),
+        ("from_unix(a)", {"a": "not a time"}, None),
+        ("format_date(a, '%d/%m/%Y')", {"a": "2024-06-14T09:17:48.000Z"}, "14/06/2024"),
+        ("format_date(a, '%Y')", {"a": "garbage"}, None),
+        ("md5(a)", {"a": "x"}, "9dd4e461268c8034f5c8564e155c67a6"),
+        (
+            "sha256(a)",
+            {"a": "x"},
+            "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
+        ),
+        ("pick([['id', id], ['n', n]])", {"id": "x", "n": 1}, {"id": "x", "n": 1}),
+    ],
+)
+def test_functions(expression, data, expected):
+    assert jmespath.search(expression, data, options=OPTIONS) == expected
+
+
+@pytest.mark.parametrize("function", EXTRA)
+def test_every_function_gives_null_for_null(function):
+    args = {
+        "replace": "a, 'x', 'y'",
+        "split": "a, ','",
+        "format_date": "a, '%Y'",
+        "default": "a, b",
+        "concat": "a",
+    }.get(function, "a")
+    expected = {"concat": "", "now": None}.get(function)
+    result = jmespath.search(
+        f"{function}({'' if function == 'now' else args})", {}, options=OPTIONS
+    )
+    assert result == expected or (function == "now" and result.endswith("Z"))
+
+
+def test_wrong_types_are_refused_without_quoting_the_value(tmp_path):
+    m = mapping(tmp_path, "fields: {email: lower(variables)}\n")
+    with pytest.raises(Permanent) as caught:
+        m.apply(payload("v2-complete.json"))
+    assert "zoe" not in caught.value.message and caught.value.message.startswith("field email:")
