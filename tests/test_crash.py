@@ -126,20 +126,15 @@ def worker_runs(process: Supervised) -> bool:
     return b"worker running" in process.log.read_bytes()
 
 
-ERRORS: list[tuple[str, float]] = []
-
-
 def post_until_stored(url: str, body: bytes) -> int:
     """Post like Qualifio: the same body again after an error, until a 2xx; returns its status."""
     headers = {"X-Qualifio-Signature": sign(body, SECRET), "Content-Type": "application/json"}
     deadline = time.monotonic() + POST_GIVE_UP
     while True:
-        t0 = time.monotonic()
         try:
             answer = requests.post(f"{url}/hooks/qualifio", data=body, headers=headers, timeout=10)
         except requests.RequestException as exc:
             last = type(exc).__name__
-            ERRORS.append((last, time.monotonic() - t0))
         else:
             if 200 <= answer.status_code < 300:
                 return answer.status_code
@@ -272,9 +267,6 @@ def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
                 f"settled after {settled - posted:.1f}s"
             )
 
-            import collections
-            print(collections.Counter(e for e, _ in ERRORS), max((d for _, d in ERRORS), default=0))
-            print(sorted(d for _, d in ERRORS)[-10:], [round(b - a, 2) for a, b in zip(kills, kills[1:])])
             assert set(ids_by_participation) == answered
             assert len(answered) == PARTICIPATIONS
             split = {p: ids for p, ids in ids_by_participation.items() if len(ids) != 1}
