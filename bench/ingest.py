@@ -16,9 +16,9 @@ What runs:
   `bench/bare.py`, which reads the body and answers 202.
 - a load generator in --procs processes, each an event loop over keep-alive connections (plain
   sockets, no HTTP library: it shares the CPU with the servers, so it must stay cheap). Every
-  request is a distinct participation (a fresh `id`) of one ~2.5 KB body built from
-  samples/v2-incomplete.json, signed with HMAC-SHA256; the ids and signatures are computed
-  before the clock starts. Both servers get the same kind of bodies (bare ignores the signature).
+  request is a distinct participation (a fresh `id`) of one ~2.5 KB body, samples/v2-incomplete.json
+  without its indentation, signed with HMAC-SHA256; ids and signatures are computed before the
+  clock starts. Both servers get the same kind of bodies (bare ignores the signature).
 
 req/s counts the answers completed inside the measuring window (after the warm-up); p50/p99 are
 their latencies. Every answer should be 202: any other status, or a connection error, is reported
@@ -37,6 +37,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import re
 import selectors
 import shutil
 import signal
@@ -48,6 +49,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -58,7 +60,6 @@ HOST = "127.0.0.1"
 HOOK = "/hooks/qualifio"
 SECRET = "bench-secret"
 GUNICORN = ["-m", "gunicorn", "-c", "python:hookrelay.gunicorn_conf"]
-DROP_FIELDS: tuple[str, ...] = ()  # fields to drop from the sample; compact, it is 2.5 KB
 
 CONFIG_YAML = """\
 storage: {storage}
@@ -85,18 +86,18 @@ class Template:
     body_size: int
 
     def body(self, pid: bytes) -> bytes:
-        return self.middle[self.middle.index(b"\r\n\r\n") + 4:] + pid + self.tail
+        return self.middle[self.middle.index(b"\r\n\r\n") + 4 :] + pid + self.tail
 
 
 def make_template(port: int) -> Template:
     data = json.loads(SAMPLE.read_text(encoding="utf-8"))
-    for name in DROP_FIELDS:
-        data.pop(name, None)
     data["id"] = "@" * 36
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    body = json.dumps(data, ensure_ascii=False).encode()  # one line: 3.3 KB indented, 2.5 KB here
     before, after = body.split(b"@" * 36)
-    head = (f"POST {HOOK} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Qualifio-Signature: sha256=").encode()
+    head = (
+        f"POST {HOOK} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Qualifio-Signature: sha256="
+    ).encode()
     return Template(head, b"\r\n\r\n" + before, after, len(body))
 
 
@@ -130,8 +131,9 @@ class _Conn:
         self.sent_at = 0.0
 
 
-def load_process(port: int, template: Template, connections: int, pool: int,
-                 pipe: Connection) -> None:
+def load_process(
+    port: int, template: Template, connections: int, pool: int, pipe: Connection
+) -> None:
     """Precompute, say ready, get (start, window_start, window_end), run, send a LoadResult."""
     pairs = signed_ids(template, pool)
     pipe.send("ready")
@@ -140,8 +142,15 @@ def load_process(port: int, template: Template, connections: int, pool: int,
     pipe.close()
 
 
-def _run(port: int, template: Template, connections: int, pairs: list[tuple[bytes, bytes]],
-         start: float, window_start: float, window_end: float) -> LoadResult:
+def _run(
+    port: int,
+    template: Template,
+    connections: int,
+    pairs: list[tuple[bytes, bytes]],
+    start: float,
+    window_start: float,
+    window_end: float,
+) -> LoadResult:
     result, sel, next_pair = LoadResult(), selectors.DefaultSelector(), 0
     head, middle, tail = template.head, template.middle, template.tail
     now = time.monotonic
@@ -164,13 +173,13 @@ def _run(port: int, template: Template, connections: int, pairs: list[tuple[byte
             result.errors += 1
             return
         sel.register(conn.sock, selectors.EVENT_READ, conn)
-        _send_or_close(conn)
+        send_or_close(conn)
 
     def close(conn: _Conn) -> None:
         sel.unregister(conn.sock)
         conn.sock.close()
 
-    def _send_or_close(conn: _Conn) -> None:
+    def send_or_close(conn: _Conn) -> None:
         try:
             if now() < window_end and send(conn):
                 return
@@ -215,7 +224,7 @@ def _run(port: int, template: Template, connections: int, pairs: list[tuple[byte
                 if done < window_end:
                     open_and_send()
             else:
-                _send_or_close(conn)
+                send_or_close(conn)
     for key in list(sel.get_map().values()):  # answers that never came
         result.errors += 1
         key.fileobj.close()  # type: ignore[union-attr]
@@ -227,7 +236,7 @@ def _content_length(header: bytes) -> int:
     if at < 0:
         return 0
     stop = header.find(b"\r\n", at)
-    return int(header[at + 15:stop if stop >= 0 else None])
+    return int(header[at + 15 : stop if stop >= 0 else None])
 
 
 # --- the servers ----------------------------------------------------------------------------------
@@ -292,8 +301,14 @@ def start_server(name: str, args: list[str], env: dict[str, str], cwd: Path, tmp
     log = tmp / f"{name}.log"
     env = {**env, "HOST": HOST, "PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, *GUNICORN, *args], cwd=cwd, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, *GUNICORN, *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return Server(name, port, proc, log, "/healthz" if name == "relay" else "/")
 
 
@@ -310,7 +325,7 @@ def _cpu_seconds(pid: int) -> float:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
@@ -328,7 +343,7 @@ def _children(parent: int) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == parent:
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
                 found.append(int(entry))
     return found
 
@@ -363,13 +378,16 @@ class Measure:
 def measure(server: Server, args: argparse.Namespace) -> Measure:
     template = make_template(server.port)
     ctx = mp.get_context("fork")
-    per_proc = [args.connections // args.procs + (i < args.connections % args.procs)
-                for i in range(args.procs)]
+    per_proc = [
+        args.connections // args.procs + (i < args.connections % args.procs)
+        for i in range(args.procs)
+    ]
     pipes, procs = [], []
     for conns in per_proc:
         ours, theirs = ctx.Pipe()
-        proc = ctx.Process(target=load_process, args=(server.port, template, conns, args.pool,
-                                                      theirs), daemon=True)
+        proc = ctx.Process(
+            target=load_process, args=(server.port, template, conns, args.pool, theirs), daemon=True
+        )
         proc.start()
         theirs.close()
         pipes.append(ours)
@@ -383,11 +401,9 @@ def measure(server: Server, args: argparse.Namespace) -> Measure:
         for pipe in pipes:
             pipe.send((start, *window))
         time.sleep(max(0.0, window[0] - time.monotonic()))
-        cpu0 = (server.cpu_seconds(), sum(_cpu_seconds(p.pid or 0) for p in procs),
-                _busy_seconds())
+        cpu0 = (server.cpu_seconds(), sum(_cpu_seconds(p.pid or 0) for p in procs), _busy_seconds())
         time.sleep(max(0.0, window[1] - time.monotonic()))
-        cpu1 = (server.cpu_seconds(), sum(_cpu_seconds(p.pid or 0) for p in procs),
-                _busy_seconds())
+        cpu1 = (server.cpu_seconds(), sum(_cpu_seconds(p.pid or 0) for p in procs), _busy_seconds())
         total = LoadResult()
         for pipe in pipes:
             if not pipe.poll(60):
@@ -403,8 +419,14 @@ def measure(server: Server, args: argparse.Namespace) -> Measure:
             if proc.is_alive():
                 proc.kill()
     server_cpu, loadgen_cpu, busy = (b - a for a, b in zip(cpu0, cpu1, strict=True))
-    return Measure(server.name, args.duration, total, server_cpu, loadgen_cpu,
-                   max(0.0, busy - server_cpu - loadgen_cpu))
+    return Measure(
+        server.name,
+        args.duration,
+        total,
+        server_cpu,
+        loadgen_cpu,
+        max(0.0, busy - server_cpu - loadgen_cpu),
+    )
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -423,10 +445,12 @@ def machine() -> list[str]:
                 break
     except OSError:
         pass
-    return [f"nproc {len(os.sched_getaffinity(0))}, CPU {model}",
-            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-            f"{platform.system()} {platform.release()}",
-            "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])]
+    return [
+        f"nproc {len(os.sched_getaffinity(0))}, CPU {model}",
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"{platform.system()} {platform.release()}",
+        "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    ]
 
 
 def filesystem(path: Path) -> str:
@@ -443,49 +467,73 @@ def filesystem(path: Path) -> str:
 
 
 def report(results: list[Measure], args: argparse.Namespace, body_size: int) -> None:
-    print(f"\n{'server':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
-          f"{'errors':>7} {'server CPU':>11} {'loadgen CPU':>12} {'other CPU':>10}")
+    print(
+        f"\n{'server':<8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+        f"{'errors':>7} {'server CPU':>11} {'loadgen CPU':>12} {'other CPU':>10}"
+    )
     for r in results:
-        print(f"{r.server:<8} {r.rate:>8.0f} {r.percentile(0.50):>8.1f} {r.percentile(0.99):>8.1f} "
-              f"{r.non_2xx:>8} {r.load.errors:>7} {r.server_cpu / r.duration:>10.0%} "
-              f"{r.loadgen_cpu / r.duration:>11.0%} {r.other_cpu / r.duration:>9.0%}")
+        print(
+            f"{r.server:<8} {r.rate:>8.0f} {r.percentile(0.50):>8.1f} {r.percentile(0.99):>8.1f} "
+            f"{r.non_2xx:>8} {r.load.errors:>7} {r.server_cpu / r.duration:>10.0%} "
+            f"{r.loadgen_cpu / r.duration:>11.0%} {r.other_cpu / r.duration:>9.0%}"
+        )
     by_name = {r.server: r for r in results}
     if "relay" in by_name and "bare" in by_name and by_name["bare"].rate:
-        print(f"\nratio durable/bare req/s: {by_name['relay'].rate / by_name['bare'].rate:.2f} "
-              f"(target >= 0.65)")
-    print(f"(CPU columns: share of one core inside the window, out of {_cores() * 100}%; other CPU "
-          "is every other process on the machine; "
-          f"{args.duration:g} s window after "
-          f"a {args.warmup:g} s warm-up, {args.connections} keep-alive connections from "
-          f"{args.procs} processes, {body_size} B bodies, each a new participation)")
+        print(
+            f"\nratio durable/bare req/s: {by_name['relay'].rate / by_name['bare'].rate:.2f} "
+            f"(target >= 0.65)"
+        )
+    print(
+        f"(CPU columns: share of one core inside the window, out of {_cores() * 100}%; other CPU "
+        "is every other process on the machine; "
+        f"{args.duration:g} s window after "
+        f"a {args.warmup:g} s warm-up, {args.connections} keep-alive connections from "
+        f"{args.procs} processes, {body_size} B bodies, each a new participation)"
+    )
     for r in results:
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(r.load.statuses.items()))
         print(f"{r.server} answers (warm-up included): {statuses or 'none'}")
 
 
-def check(results: list[Measure], server_logs: dict[str, Path], db: Path | None) -> bool:
+_PROBLEM = re.compile(
+    r"\[(WARNING|ERROR|CRITICAL)\]| (WARNING|ERROR|CRITICAL) "
+    r"|^[A-Za-z_][\w.]*(Error|Exception|Violation): "
+)
+
+
+def check(results: list[Measure], servers: list[Server], db: Path | None) -> bool:
+    """Print what makes the figures doubtful; False when they are not valid."""
     ok = True
     for r in results:
         if set(r.load.statuses) - {202} or r.load.errors:
-            print(f"WARNING: {r.server}: not every answer was a 202 "
-                  f"({r.load.errors} connection errors); these figures are not valid")
+            print(
+                f"WARNING: {r.server}: not every answer was a 202 "
+                f"({r.load.errors} connection errors); these figures are not valid"
+            )
             ok = False
         if r.other_cpu / r.duration > 0.2:
-            print(f"WARNING: {r.server}: other processes used {r.other_cpu / r.duration:.0%} of a "
-                  "core during the window; the machine was not quiet, the figures are skewed")
+            print(
+                f"WARNING: {r.server}: other processes used {r.other_cpu / r.duration:.0%} of a "
+                "core during the window; the machine was not quiet, the figures are skewed"
+            )
         if r.load.exhausted:
             print(f"WARNING: {r.server}: ran out of precomputed ids; raise --pool")
             ok = False
-    for name, log in server_logs.items():
-        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-        bad = [line for line in lines if " WARNING " in line or " ERROR " in line
-               or "Traceback" in line or "[CRITICAL]" in line]
-        print(f"{name} log: {len(lines)} lines, {len(bad)} warnings or errors")
-        for line in bad[:5]:
-            print(f"  {line}")
+    for server in servers:
+        if server.proc.poll() is not None:
+            print(
+                f"WARNING: {server.name}: gunicorn exited during the run "
+                f"(code {server.proc.returncode})"
+            )
+            ok = False
+        lines = server.log.read_text(errors="replace").splitlines() if server.log.exists() else []
+        problems = [line for line in lines if _PROBLEM.search(line)]
+        print(f"{server.name} log: {len(lines)} lines, {len(problems)} warnings or errors")
+        for line in dict.fromkeys(problems[:20]):  # the first few, each once
+            print(f"  {line[:200]}")
     relay = next((r for r in results if r.server == "relay"), None)
     if db is not None and relay is not None and db.exists():
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
             stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         print(f"events in relay.db: {stored} (relay 202 answers: {relay.load.statuses[202]})")
         ok &= stored == relay.load.statuses[202]
@@ -501,10 +549,17 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before the window")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
-    parser.add_argument("--pool", type=int, default=60_000,
-                        help="distinct signed bodies precomputed per load process")
-    parser.add_argument("--storage", default="sqlite:///relay.db",
-                        help="relay storage URL (default: SQLite in the temporary directory)")
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=60_000,
+        help="distinct signed bodies precomputed per load process",
+    )
+    parser.add_argument(
+        "--storage",
+        default="sqlite:///relay.db",
+        help="relay storage URL (default: SQLite in the temporary directory)",
+    )
     parser.add_argument("--only", choices=("relay", "bare"), help="measure one server only")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
@@ -521,10 +576,14 @@ def main() -> int:
 
     print("machine:", *machine(), sep="\n  ")
     print("settings:")
-    print(f"  gunicorn -c python:hookrelay.gunicorn_conf: {workers} workers x {threads} threads "
-          f"(gthread), keepalive 5 s, bound to {HOST}")
-    print(f"  relay: relay:app, storage {args.storage}, RELAY_WORKER=off (ingest only, nothing "
-          f"delivered), log level INFO to a file")
+    print(
+        f"  gunicorn -c python:hookrelay.gunicorn_conf: {workers} workers x {threads} threads "
+        f"(gthread), keepalive 5 s, bound to {HOST}"
+    )
+    print(
+        f"  relay: relay:app, storage {args.storage}, RELAY_WORKER=off (ingest only, nothing "
+        f"delivered), log level INFO to a file"
+    )
     print("  bare: bench/bare.py (reads the body, answers 202)")
     print(f"  temporary directory: {tmp} ({filesystem(tmp)})")
 
@@ -537,18 +596,24 @@ def main() -> int:
             if name == "relay":
                 servers.append(start_server("relay", ["relay:app"], env, tmp, tmp))
             else:
-                servers.append(start_server("bare", ["--chdir", str(ROOT / "bench"), "bare:app"],
-                                            env, tmp, tmp))
+                servers.append(
+                    start_server(
+                        "bare", ["--chdir", str(ROOT / "bench"), "bare:app"], env, tmp, tmp
+                    )
+                )
         for server in servers:
             server.wait_ready()
         for server in servers:
             body_size = make_template(server.port).body_size
-            print(f"loading {server.name} on {HOST}:{server.port} (gunicorn pid {server.proc.pid})"
-                  " ...", flush=True)
+            print(
+                f"loading {server.name} on {HOST}:{server.port} (gunicorn pid {server.proc.pid})"
+                " ...",
+                flush=True,
+            )
             results.append(measure(server, args))
         report(results, args, body_size)
         db = tmp / "relay.db" if args.storage == "sqlite:///relay.db" else None
-        ok = check(results, {s.name: s.log for s in servers}, db)
+        ok = check(results, servers, db)
     finally:
         for server in servers:
             server.stop()
