@@ -9,19 +9,20 @@ ends, and a late answer from it cannot overwrite a newer claim's outcome.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
+import random
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -84,6 +85,15 @@ attempts = sa.Table(
 )
 
 
+EVENT_COLUMNS = "id, source, format, dedupe_key, payload, received_at"
+DELIVERY_COLUMNS = (
+    "id, event_id, mapping, destination, status, attempts, next_attempt_at, updated_at"
+)
+MAX_ROWS = 1000  # rows per INSERT: 8,000 parameters, under SQLite's 32,766
+
+Job = tuple[str, str, Sequence[Incoming], Sequence[tuple[str, str]]]
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     event_id: str
@@ -121,7 +131,13 @@ class Outcome:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: milliseconds since the epoch, then 80 random bits.
+
+    Time-ordered, so new rows land at the end of the primary-key index. Not uuid4: os.urandom
+    releases the GIL at every call, and the group-commit writer would wait to get it back twice
+    per event. (`random` is reseeded in each forked process, so workers draw different bits.)
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
 
 
 class Store:
@@ -132,18 +148,22 @@ class Store:
     ) -> None:
         self.engine = _engine(url, timeout)
         self.clock = clock
-        self._insert = (
-            postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        )
+        self._placeholder = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        self._write_lock = _write_lock(url)
         self._writer = _GroupCommit(self._write_batch, timeout)
         self.create_schema()
 
     def create_schema(self) -> None:
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             for table in metadata.sorted_tables:
                 conn.execute(CreateTable(table, if_not_exists=True))
                 for index in table.indexes:
                     conn.execute(CreateIndex(index, if_not_exists=True))
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if isinstance(self._write_lock, _FileLock):
+            self._write_lock.close()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -165,60 +185,90 @@ class Store:
         result: list[Stored] = self._writer.submit((source, fmt, incoming, targets))
         return result
 
-    def _write_batch(self, jobs: list[Any]) -> list[list[Stored]]:
+    def _write_batch(self, jobs: list[Job]) -> list[list[Stored]]:
+        """Write every waiting request's events in one transaction, with a fixed number of
+        statements whatever the batch size: per-row statements would hand the GIL back and forth
+        with the request threads at every row, and that, not the disk, would set the pace."""
         now = self.clock()
-        with self.engine.begin() as conn:
-            return [
-                [self._write_event(conn, now, source, fmt, inc, targets) for inc in incoming]
-                for source, fmt, incoming, targets in jobs
-            ]
+        first: dict[tuple[str, str], str] = {}  # (source, dedupe key) -> the id it gets here
+        new_events, new_deliveries = [], []
+        for source, fmt, incoming, targets in jobs:
+            for inc in incoming:
+                if (source, inc.dedupe_key) not in first:
+                    event_id = first[source, inc.dedupe_key] = new_id()
+                    new_events.append((event_id, source, fmt, inc.dedupe_key, inc.payload, now))
+                    new_deliveries += [
+                        (new_id(), event_id, m, d, "pending", 0, now, now) for m, d in targets
+                    ]
+        with self._transaction() as conn:
+            inserted = self._insert_rows(
+                conn, "events", EVENT_COLUMNS, new_events, "source, dedupe_key"
+            )
+            existing: dict[tuple[str, str], str] = {}
+            if inserted < len(new_events):  # some were stored before: find the first ids
+                existing = self._existing(conn, list(first))
+                stored_here = {i for key, i in first.items() if existing.get(key) == i}
+                existing = {k: i for k, i in existing.items() if i != first[k]}
+                new_deliveries = [d for d in new_deliveries if d[1] in stored_here]
+            self._insert_rows(conn, "deliveries", DELIVERY_COLUMNS, new_deliveries)
+        return self._answers(jobs, first, existing)
 
-    def _write_event(
+    @staticmethod
+    def _answers(
+        jobs: list[Job], first: dict[tuple[str, str], str], existing: dict[tuple[str, str], str]
+    ) -> list[list[Stored]]:
+        """Per request, per event: its id, and whether an earlier one had the same key."""
+        seen: set[tuple[str, str]] = set()
+        results = []
+        for source, _, incoming, _ in jobs:
+            stored = []
+            for inc in incoming:
+                key = (source, inc.dedupe_key)
+                stored.append(Stored(existing.get(key, first[key]), key in existing or key in seen))
+                seen.add(key)
+            results.append(stored)
+        return results
+
+    def _insert_rows(
         self,
         conn: Connection,
-        now: float,
-        source: str,
-        fmt: str,
-        inc: Incoming,
-        targets: Sequence[tuple[str, str]],
-    ) -> Stored:
-        event_id = new_id()
-        row = dict(
-            id=event_id,
-            source=source,
-            format=fmt,
-            dedupe_key=inc.dedupe_key,
-            payload=inc.payload,
-            received_at=now,
-        )
-        statement = (
-            self._insert(events)
-            .values(row)
-            .on_conflict_do_nothing(index_elements=["source", "dedupe_key"])
-        )
-        if conn.execute(statement).rowcount != 1:
-            first = sa.select(events.c.id).where(
-                events.c.source == source, events.c.dedupe_key == inc.dedupe_key
+        table: str,
+        columns: str,
+        rows: list[tuple[Any, ...]],
+        conflict: str | None = None,
+    ) -> int:
+        """Multi-row INSERT (ON CONFLICT DO NOTHING when `conflict` names the unique columns);
+        returns how many rows went in."""
+        count = 0
+        one = "(" + ", ".join([self._placeholder] * (columns.count(",") + 1)) + ")"
+        for start in range(0, len(rows), MAX_ROWS):
+            chunk = rows[start : start + MAX_ROWS]
+            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))}"
+            if conflict:
+                sql += f" ON CONFLICT ({conflict}) DO NOTHING"
+            count += conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)).rowcount
+        return count
+
+    @staticmethod
+    def _existing(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The stored event id of each (source, dedupe key) in `keys`."""
+        found = conn.execute(
+            sa.select(events.c.source, events.c.dedupe_key, events.c.id).where(
+                events.c.dedupe_key.in_([k for _, k in keys])
             )
-            return Stored(conn.execute(first).scalar_one(), duplicate=True)
-        if targets:
-            conn.execute(
-                deliveries.insert(),
-                [
-                    dict(
-                        id=new_id(),
-                        event_id=event_id,
-                        mapping=m,
-                        destination=d,
-                        status="pending",
-                        attempts=0,
-                        next_attempt_at=now,
-                        updated_at=now,
-                    )
-                    for m, d in targets
-                ],
-            )
-        return Stored(event_id, duplicate=False)
+        )
+        wanted = set(keys)
+        return {(s, k): i for s, k, i in found if (s, k) in wanted}
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite, writers of every process first queue on a file lock,
+        woken by the kernel the moment it is free, rather than sleeping in SQLite's busy handler;
+        BEGIN IMMEDIATE then takes SQLite's write lock at once, with nothing to upgrade."""
+        with self._write_lock, self.engine.begin() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
 
     # --- delivery -------------------------------------------------------------------------------
 
@@ -236,7 +286,7 @@ class Store:
         )
         if destinations is not None:
             due = due.where(deliveries.c.destination.in_(list(destinations)))
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             claimed = conn.execute(
                 deliveries.update()
                 .where(deliveries.c.id.in_(due.scalar_subquery()))
@@ -274,7 +324,7 @@ class Store:
     def record(self, outcomes: Sequence[Outcome]) -> int:
         """Record outcomes in one transaction; returns how many still held their claim."""
         now, kept = self.clock(), 0
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             for o in outcomes:
                 d = o.delivery
                 kept += conn.execute(
@@ -317,7 +367,7 @@ class Store:
         if destination:
             where.append(deliveries.c.destination == destination)
         now = self.clock()
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             return conn.execute(
                 deliveries.update()
                 .where(*where, deliveries.c.claimed_by.is_(None))
@@ -397,18 +447,49 @@ def _engine(url: str, timeout: float) -> Engine:
             url, connect_args={"check_same_thread": False, "timeout": timeout}
         )
         sa.event.listen(engine, "connect", _sqlite_connect)
-        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets workers read while ingest writes; synchronous=FULL fsyncs every commit, so a 2xx
-    # survives power loss. The driver's own transaction handling is off: we BEGIN IMMEDIATE,
-    # so a transaction never has to upgrade a read lock (which fails at once under contention).
+    # WAL lets reads go on while ingest writes; synchronous=FULL fsyncs every commit, so a 2xx
+    # survives power loss. The driver's own transaction handling is off: reads run in
+    # autocommit, and writes BEGIN IMMEDIATE (Store._transaction), so no transaction ever has to
+    # upgrade a read lock, which fails at once under contention.
     dbapi_conn.isolation_level = None
     for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
         dbapi_conn.execute(f"PRAGMA {pragma}")
+
+
+def _write_lock(url: str) -> AbstractContextManager[Any]:
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return nullcontext()  # PostgreSQL queues writers itself, row by row
+    return _FileLock(url[len("sqlite:///") :] + ".lock")
+
+
+class _FileLock:
+    """One writer at a time across threads and processes; waiting is a blocking flock."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self._thread_lock = path, threading.Lock()
+        self._file: Any = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self._pid != os.getpid():  # after a fork, a shared open file would share the lock
+            self._file, self._pid = open(self.path, "a"), os.getpid()
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._file is not None:
+                self._file.close()
+                self._file, self._pid = None, 0
 
 
 class _GroupCommit:

@@ -138,7 +138,7 @@ class RunningRelay:
         self._server.shutdown()
         self._server.server_close()
         self.relay.worker.stop()
-        self.relay.store.engine.dispose()
+        self.relay.store.close()
 
     def post(
         self, body: bytes, source: str = "qualifio", secret: str | None = SECRET, **headers: str

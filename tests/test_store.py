@@ -27,7 +27,7 @@ def clock():
 def store(tmp_path, clock):
     s = Store(f"sqlite:///{tmp_path}/relay.db", clock=clock)
     yield s
-    s.engine.dispose()
+    s.close()
 
 
 TARGETS = [("pass", "sink"), ("pass", "archive")]
