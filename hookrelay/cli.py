@@ -18,7 +18,7 @@ import requests
 from hookrelay import __version__
 from hookrelay.auth import sign
 from hookrelay.config import Config, default_config_path, load_config
-from hookrelay.errors import RelayError
+from hookrelay.errors import InvalidConfig, RelayError, Skip
 from hookrelay.runtime import Relay, configure_logging
 from hookrelay.sources import normalise
 from hookrelay.store import STATUSES
@@ -28,6 +28,10 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except InvalidConfig as exc:  # one line per problem, all of them
+            for problem in exc.problems:
+                click.echo(f"Error: {problem}", err=True)
+            ctx.exit(1)
         except RelayError as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -95,8 +99,6 @@ def check(config_path: Path | None) -> None:
 @config_option
 def try_(mapping: str, payload: Path, source: str | None, config_path: Path | None) -> None:
     """Print the record MAPPING makes of the PAYLOAD file, or why it is skipped."""
-    from hookrelay.errors import Skip
-
     config = _config(config_path)
     if mapping not in config.mappings:
         raise RelayError(

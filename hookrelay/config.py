@@ -11,18 +11,19 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import yaml
 from jmespath.parser import ParsedResult
 
-from hookrelay.errors import ConfigError
+from hookrelay.errors import ConfigError, InvalidConfig
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Key = tuple[str | int, ...]
+T = TypeVar("T")
 
 
 class Setting(NamedTuple):
@@ -198,14 +199,25 @@ class Document:
             return {}
         if not isinstance(value, dict):
             raise self.error(key, f"expected a mapping of keys, got {type(value).__name__}")
+        unknown = self.unknown_keys(value, key, allowed)
+        if unknown:
+            raise unknown[0]
+        return value
+
+    def unknown_keys(
+        self, value: dict[str, Any], key: Key, allowed: tuple[str, ...]
+    ) -> list[ConfigError]:
+        problems = []
         for k in value:
             if k not in allowed:
                 hint = difflib.get_close_matches(str(k), allowed, n=1)
                 also = f"did you mean {hint[0]!r}? " if hint else ""
-                raise self.error(
-                    key + (k,), f"unknown key {k!r}; {also}expected one of {', '.join(allowed)}"
+                problems.append(
+                    self.error(
+                        key + (k,), f"unknown key {k!r}; {also}expected one of {', '.join(allowed)}"
+                    )
                 )
-        return value
+        return problems
 
     def integer(self, value: Any, key: Key, minimum: int = 0) -> int:
         try:
@@ -245,46 +257,96 @@ class Document:
 
 
 def load_config(path: Path | str) -> Config:
-    """Read and validate config.yaml and every mapping a route names.
+    """Read and validate config.yaml and every mapping in mappings/ beside it.
 
-    :raise ConfigError: the first problem found, with its file, line and key.
+    :raise ConfigError: one problem; InvalidConfig when there are several, all reported at once.
     """
     from hookrelay.destinations import build_destination
-    from hookrelay.mapping import load_mapping
 
     path = Path(path)
     doc = Document(path)
-    data = doc.table(doc.data, (), tuple(s.name for s in SETTINGS))
-    base = _policy(doc, data.get("delivery"), ("delivery",), Policy())
-    sources = _sources(doc, data.get("sources"))
+    problems: list[ConfigError] = []
+    data = doc.data if isinstance(doc.data, dict) else {}
+    problems += doc.unknown_keys(data, (), tuple(s.name for s in SETTINGS))
+    base = attempt(problems, Policy(), _policy, doc, data.get("delivery"), ("delivery",), Policy())
+    declared_sources: dict[str, Any] = attempt(
+        problems, {}, _named, doc, data.get("sources"), ("sources",)
+    )
+    sources: dict[str, Source] = {}
+    for name, spec in declared_sources.items():
+        source = attempt(problems, None, _source, doc, name, spec)
+        if source is not None:
+            sources[name] = source
     destinations, policies = {}, {}
-    for name, spec in _named(doc, data.get("destinations"), ("destinations",)).items():
+    declared: dict[str, Any] = attempt(
+        problems, {}, _named, doc, data.get("destinations"), ("destinations",)
+    )
+    for name, spec in declared.items():
         key = ("destinations", name)
-        options = dict(doc.table(spec, key, _ANY))
-        policies[name] = _policy(doc, {k: options.pop(k) for k in _policy_keys(options)}, key, base)
-        destinations[name] = build_destination(
-            doc, key, name, options, path.parent, policies[name].timeout, _POLICY_KEYS
-        )
-    routes = _routes(doc, data.get("routes"), sources, destinations)
+        try:
+            options = dict(doc.table(spec, key, _ANY))
+            policies[name] = _policy(
+                doc, {k: options.pop(k) for k in _policy_keys(options)}, key, base
+            )
+            destinations[name] = build_destination(
+                doc, key, name, options, path.parent, policies[name].timeout, _POLICY_KEYS
+            )
+        except ConfigError as exc:
+            problems.append(exc)
     mappings, files = {}, [path]
-    for name in sorted({r.mapping for r in routes}):
-        mapping_path = path.parent / "mappings" / f"{name}.yaml"
-        mappings[name] = load_mapping(Document(mapping_path), name)
+    for mapping_path in sorted((path.parent / "mappings").glob("*.yaml")):
         files.append(mapping_path)
-    storage = doc.string(data.get("storage", SETTINGS[0].default), ("storage",))
+        mapping = attempt(problems, None, _mapping, mapping_path)
+        if mapping is not None:
+            mappings[mapping_path.stem] = mapping
+    routes = _routes(
+        doc,
+        data.get("routes"),
+        set(declared_sources),
+        set(declared),
+        problems,
+        path.parent / "mappings",
+    )
+    settings: dict[str, Any] = attempt(problems, {}, _settings, doc, data, path.parent)
+    if problems:
+        raise problems[0] if len(problems) == 1 else InvalidConfig(problems)
     return Config(
         path=path,
-        storage=_resolve_sqlite(storage, path.parent),
         sources=sources,
         destinations=destinations,
         policies=policies,
         mappings=mappings,
         routes=routes,
+        files=tuple(files),
+        **settings,
+    )
+
+
+def attempt(problems: list[ConfigError], default: T, build: Callable[..., T], *args: Any) -> T:
+    """`build(*args)`, or `default` with its ConfigError added to `problems`: one pass finds all."""
+    try:
+        return build(*args)
+    except InvalidConfig as exc:
+        problems += exc.problems
+    except ConfigError as exc:
+        problems.append(exc)
+    return default
+
+
+def _mapping(path: Path) -> Any:
+    from hookrelay.mapping import load_mapping
+
+    return load_mapping(Document(path), path.stem)
+
+
+def _settings(doc: Document, data: dict[str, Any], base: Path) -> dict[str, Any]:
+    storage = doc.string(data.get("storage", SETTINGS[0].default), ("storage",))
+    return dict(
+        storage=_resolve_sqlite(storage, base),
         max_body_bytes=doc.integer(data.get("max_body_bytes", 1 << 20), ("max_body_bytes",), 1),
         trusted_proxy_hops=doc.integer(data.get("trusted_proxy_hops", 0), ("trusted_proxy_hops",)),
         retention_days=doc.integer(data.get("retention_days", 30), ("retention_days",), 1),
         storage_timeout=doc.duration(data.get("storage_timeout", "10s"), ("storage_timeout",)),
-        files=tuple(files),
     )
 
 
@@ -329,17 +391,14 @@ def _policy(doc: Document, value: Any, key: Key, base: Policy) -> Policy:
     )
 
 
-def _sources(doc: Document, value: Any) -> dict[str, Source]:
-    sources = {}
-    for name, spec in _named(doc, value, ("sources",)).items():
-        key = ("sources", name)
-        spec = doc.table(spec, key, ("format", "auth", "dedupe"))
-        fmt = spec.get("format", "json")
-        if fmt not in ("qualifio", "json"):
-            raise doc.error(key + ("format",), f"unknown format {fmt!r}; expected qualifio or json")
-        dedupe = doc.expression(spec["dedupe"], key + ("dedupe",)) if "dedupe" in spec else None
-        sources[name] = Source(name, fmt, _auth(doc, spec.get("auth"), key + ("auth",)), dedupe)
-    return sources
+def _source(doc: Document, name: str, spec: Any) -> Source:
+    key = ("sources", name)
+    spec = doc.table(spec, key, ("format", "auth", "dedupe"))
+    fmt = spec.get("format", "json")
+    if fmt not in ("qualifio", "json"):
+        raise doc.error(key + ("format",), f"unknown format {fmt!r}; expected qualifio or json")
+    dedupe = doc.expression(spec["dedupe"], key + ("dedupe",)) if "dedupe" in spec else None
+    return Source(name, fmt, _auth(doc, spec.get("auth"), key + ("auth",)), dedupe)
 
 
 def _auth(doc: Document, value: Any, key: Key) -> Auth:
@@ -374,36 +433,59 @@ def _auth(doc: Document, value: Any, key: Key) -> Auth:
 
 
 def _routes(
-    doc: Document, value: Any, sources: Mapping[str, Source], destinations: Mapping[str, Any]
+    doc: Document,
+    value: Any,
+    sources: set[str],
+    destinations: set[str],
+    problems: list[ConfigError],
+    mapping_dir: Path,
 ) -> tuple[Route, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise doc.error(("routes",), "expected a list of {from, mapping, to}")
+        problems.append(doc.error(("routes",), "expected a list of {from, mapping, to}"))
+        return ()
     routes = []
     for i, spec in enumerate(value):
-        key: Key = ("routes", i)
-        spec = doc.table(spec, key, ("from", "mapping", "to"))
-        for required in ("from", "mapping", "to"):
-            if required not in spec:
-                raise doc.error(key, f"missing {required!r}; a route is {{from, mapping, to}}")
-        source = doc.string(spec["from"], key + ("from",))
-        if source not in sources:
-            raise doc.error(
-                key + ("from",),
-                f"unknown source {source!r}; expected one of "
-                f"{', '.join(sorted(sources)) or '(none configured)'}",
-            )
-        to = doc.strings(spec["to"], key + ("to",))
-        for j, name in enumerate(to):
-            if name not in destinations:
-                raise doc.error(
-                    key + ("to", j),
-                    f"unknown destination {name!r}; expected one of "
-                    f"{', '.join(sorted(destinations)) or '(none configured)'}",
-                )
-        routes.append(Route(source, doc.string(spec["mapping"], key + ("mapping",)), to))
+        route = attempt(
+            problems, None, _route, doc, ("routes", i), spec, sources, destinations, mapping_dir
+        )
+        if route is not None:
+            routes.append(route)
     return tuple(routes)
+
+
+def _route(
+    doc: Document, key: Key, spec: Any, sources: set[str], destinations: set[str], mapping_dir: Path
+) -> Route:
+    spec = doc.table(spec, key, ("from", "mapping", "to"))
+    for required in ("from", "mapping", "to"):
+        if required not in spec:
+            raise doc.error(key, f"missing {required!r}; a route is {{from, mapping, to}}")
+    source = doc.string(spec["from"], key + ("from",))
+    if source not in sources:
+        raise doc.error(
+            key + ("from",),
+            f"unknown source {source!r}; expected one of "
+            f"{', '.join(sorted(sources)) or '(none configured)'}",
+        )
+    to = doc.strings(spec["to"], key + ("to",))
+    for j, name in enumerate(to):
+        if name not in destinations:
+            raise doc.error(
+                key + ("to", j),
+                f"unknown destination {name!r}; expected one of "
+                f"{', '.join(sorted(destinations)) or '(none configured)'}",
+            )
+    mapping = doc.string(spec["mapping"], key + ("mapping",))
+    if not (mapping_dir / f"{mapping}.yaml").is_file():
+        known = sorted(p.stem for p in mapping_dir.glob("*.yaml"))
+        raise doc.error(
+            key + ("mapping",),
+            f"no mapping file mappings/{mapping}.yaml; expected "
+            f"one of {', '.join(known) or '(no mapping files yet)'}",
+        )
+    return Route(source, mapping, to)
 
 
 def _resolve_sqlite(url: str, base: Path) -> str:

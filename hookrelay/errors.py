@@ -2,6 +2,7 @@
 
 * RelayError
   + ConfigError(path, line, key, message)     config.yaml or a mapping is wrong
+    - InvalidConfig(problems)                  several of them, all found in one pass
   + Rejected                                   an inbound request we refuse; .status is our answer
     - BadRequest 400 · Unauthorized 401 · Forbidden 403 · UnknownSource 404
     - TooLarge 413 · StorageUnavailable 503 (Retry-After)
@@ -43,6 +44,17 @@ class ConfigError(RelayError):
         where = ":".join(str(p) for p in (self.path, self.line) if p is not None)
         what = f"{self.key}: {self.message}" if self.key else self.message
         return f"{where}: {what}" if where else what
+
+
+class InvalidConfig(ConfigError):
+    """Every problem found in one pass over config.yaml and the mappings, one per line."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        self.problems = sorted(problems, key=lambda p: (str(p.path), p.line or 0))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class Rejected(RelayError):

@@ -8,9 +8,11 @@ a mapping is then a walk over compiled expressions. A record the mapping rejects
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jmespath
@@ -18,7 +20,7 @@ from jmespath import exceptions as jp_errors
 from jmespath import functions
 from jmespath.parser import ParsedResult
 
-from hookrelay.errors import Permanent, Skip
+from hookrelay.errors import ConfigError, InvalidConfig, Permanent, Skip
 
 if TYPE_CHECKING:
     from hookrelay.config import Document, Key
@@ -142,13 +144,39 @@ OPTIONS = jmespath.Options(custom_functions=Functions())
 
 
 def compile_expression(doc: Document, text: str, key: Key) -> ParsedResult:
-    """Compile once at load; a syntax error names the file, the line and the key."""
+    """Compile once at load: syntax, function names and argument counts are checked here, so a
+    mapping that loads cannot fail for those reasons while it delivers."""
     try:
-        return jmespath.compile(text)
+        compiled = jmespath.compile(text)
+    except jp_errors.LexerError as exc:
+        raise doc.error(key, f"invalid JMESPath {text!r}: {exc.msg}") from None
     except jp_errors.ParseError as exc:
         raise doc.error(
             key, f"invalid JMESPath {text!r}: {exc.msg} at column {exc.lex_position + 1}"
         ) from None
+    problem = _function_problem(compiled.parsed)
+    if problem:
+        raise doc.error(key, f"{problem} in {text!r}")
+    return compiled
+
+
+def _function_problem(node: Any) -> str | None:
+    """The first unknown function or wrong argument count in a parsed expression."""
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == "function_expression":
+        name, given = node["value"], len(node["children"])
+        table = Functions.FUNCTION_TABLE
+        if name not in table:
+            hint = difflib.get_close_matches(name, table, n=1)
+            also = f"; did you mean {hint[0]}()?" if hint else ""
+            return f"unknown function {name}(){also} (the README lists them all)"
+        signature = table[name]["signature"]
+        variadic = bool(signature) and signature[-1].get("variadic", False)
+        if given < len(signature) or (given > len(signature) and not variadic):
+            wanted = f"{len(signature)}{' or more' if variadic else ''}"
+            return f"{name}() takes {wanted} argument{'s' if wanted != '1' else ''}, got {given}"
+    return next(filter(None, map(_function_problem, node.get("children", []))), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +189,7 @@ class Mapping:
     omit_empty: bool = False
     tests: tuple[dict[str, Any], ...] = ()
     description: str = ""
+    path: Path | None = None  # the file it came from; test payloads are relative to it
 
     def apply(self, payload: Any) -> dict[str, Any]:
         """The output record for one normalised payload.
@@ -214,42 +243,69 @@ def _truthy(value: Any) -> bool:
 
 
 def load_mapping(doc: Document, name: str) -> Mapping:
-    """Validate and compile one mappings/<name>.yaml."""
-    spec = doc.table(doc.data, (), ("description", "when", "fields", "drop", "omit_empty", "tests"))
-    if "fields" not in spec:
-        raise doc.error(
-            (), "missing 'fields': a mapping lists its output fields as name: expression"
+    """Validate and compile one mappings/<name>.yaml; every problem in it is reported at once."""
+    from hookrelay.config import attempt
+
+    problems: list[ConfigError] = []
+    data = doc.data if isinstance(doc.data, dict) else {}
+    problems += doc.unknown_keys(data, (), _KEYS)
+    if "fields" not in data:
+        problems.append(
+            doc.error((), "missing 'fields': a mapping lists its output fields as name: expression")
         )
-    drop = doc.table(spec.get("drop"), ("drop",), ("values", "fields"))
+    fields: Tree = attempt(problems, {}, _tree, doc, data.get("fields"), ("fields",), problems)
+    when = attempt(problems, None, _when, doc, data)
+    drop: dict[str, Any] = attempt(
+        problems, {}, doc.table, data.get("drop"), ("drop",), ("values", "fields")
+    )
     drop_fields = None
     if "fields" in drop:
         drop_fields = tuple(
             tuple(f.split(".")) for f in doc.strings(drop["fields"], ("drop", "fields"))
         )
-    omit_empty = spec.get("omit_empty", False)
+    omit_empty = data.get("omit_empty", False)
     if not isinstance(omit_empty, bool):
-        raise doc.error(("omit_empty",), f"expected true or false, got {omit_empty!r}")
-    tests = spec.get("tests") or []
-    if not isinstance(tests, list):
-        raise doc.error(("tests",), "expected a list of {payload, expect}")
+        problems.append(doc.error(("omit_empty",), f"expected true or false, got {omit_empty!r}"))
+    tests = data.get("tests") or []
+    if not isinstance(tests, list) or not all(isinstance(t, dict) for t in tests):
+        problems.append(doc.error(("tests",), "expected a list of {payload, expect}"))
+        tests = []
+    if problems:
+        raise problems[0] if len(problems) == 1 else InvalidConfig(problems)
     return Mapping(
         name=name,
-        fields=_tree(doc, spec["fields"], ("fields",)),
-        when=doc.expression(spec["when"], ("when",)) if "when" in spec else None,
+        fields=fields,
+        when=when,
         drop_values=tuple(drop.get("values") or ()),
         drop_fields=drop_fields,
         omit_empty=omit_empty,
         tests=tuple(tests),
-        description=str(spec.get("description", "")),
+        description=str(data.get("description", "")),
+        path=doc.path,
     )
 
 
-def _tree(doc: Document, value: Any, key: Key) -> Tree:
+_KEYS = ("description", "when", "fields", "drop", "omit_empty", "tests")
+
+
+def _when(doc: Document, data: dict[str, Any]) -> ParsedResult | None:
+    return doc.expression(data["when"], ("when",)) if "when" in data else None
+
+
+def _tree(doc: Document, value: Any, key: Key, problems: list[ConfigError]) -> Tree:
+    """Compile every field; a bad one is reported and the others are still checked."""
+    from hookrelay.config import attempt
+
     if not isinstance(value, dict) or not value:
         raise doc.error(key, "expected output fields as name: expression (nested names nest)")
-    return {
-        str(name): _tree(doc, node, key + (name,))
-        if isinstance(node, dict)
-        else doc.expression(node, key + (name,))
-        for name, node in value.items()
-    }
+    tree: Tree = {}
+    for name, node in value.items():
+        here = key + (name,)
+        if isinstance(node, dict):
+            empty: Tree = {}
+            tree[str(name)] = attempt(problems, empty, _tree, doc, node, here, problems)
+        else:
+            compiled = attempt(problems, None, doc.expression, node, here)
+            if compiled is not None:
+                tree[str(name)] = compiled
+    return tree

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hookrelay.config import load_config
-from hookrelay.errors import ConfigError
+from hookrelay.errors import ConfigError, InvalidConfig
 from tests.conftest import PASS_MAPPING, write_config
 
 GOOD = """\
@@ -50,7 +50,11 @@ def test_a_good_config_loads_with_defaults_and_overrides(tmp_path, monkeypatch):
             "config.yaml:5: destinations.sink.type",
             "unknown destination type 'htp'; expected one of file, http",
         ),
-        (("mapping: pass", "mapping: nope"), "mappings/nope.yaml", "cannot read the file"),
+        (
+            ("mapping: pass", "mapping: nope"),
+            "config.yaml:8: routes.0.mapping",
+            "no mapping file mappings/nope.yaml; expected one of pass",
+        ),
         (
             ("to: [sink, archive]", "to: [sink, archiv]"),
             "config.yaml:8: routes.0.to.1",
@@ -97,6 +101,79 @@ def test_errors_name_file_line_and_key(tmp_path, change, where, message):
     text = str(caught.value)
     assert text.startswith(str(tmp_path / where) if "/" in where else f"{tmp_path}/{where}"), text
     assert message in text
+
+
+@pytest.mark.parametrize(
+    ("mapping", "where", "message"),
+    [
+        (
+            "fields:\n  id: id\n  email: lower(variables.email\n",
+            "3: fields.email",
+            "invalid JMESPath 'lower(variables.email'",
+        ),
+        (
+            "fields:\n  email: lowr(variables.email)\n",
+            "2: fields.email",
+            "unknown function lowr(); did you mean lower()?",
+        ),
+        (
+            "fields:\n  email: lower(variables.email, 'x')\n",
+            "2: fields.email",
+            "lower() takes 1 argument, got 2 in",
+        ),
+        ("fields:\n  x: replace(a, 'b')\n", "2: fields.x", "replace() takes 3 arguments, got 2"),
+        ("fields:\n  x: concat()\n", "2: fields.x", "concat() takes 1 or more arguments, got 0"),
+        (
+            "fields:\n  nested:\n    x: upper(trim(a), a)\n",
+            "3: fields.nested.x",
+            "upper() takes 1 argument, got 2",
+        ),
+        ("when: \"state = 'COMPLETED'\"\nfields: {id: id}\n", "1: when", "invalid JMESPath"),
+        ("fields: {id: id}\nomit_empty: yes please\n", "2: omit_empty", "expected true or false"),
+        (
+            "fields: {id: id}\ndrop: {value: ['0']}\n",
+            "2: drop.value",
+            "unknown key 'value'; did you mean 'values'?",
+        ),
+        ("feilds: {id: id}\n", "1: feilds", "unknown key 'feilds'; did you mean 'fields'?"),
+        (
+            "fields: {id: id}\ntests: {payload: x}\n",
+            "2: tests",
+            "expected a list of {payload, expect}",
+        ),
+        ("fields: {id: [id]}\n", "1: fields.id", "expected a non-empty text value"),
+    ],
+)
+def test_mapping_errors_name_file_line_and_key(tmp_path, mapping, where, message):
+    path = write_config(tmp_path, GOOD, {"pass": mapping})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{tmp_path}/mappings/pass.yaml:{where}: "), caught.value
+    assert message in str(caught.value)
+
+
+def test_every_problem_is_reported_in_one_pass(tmp_path):
+    config = GOOD.replace("type: http", "type: htp").replace("max_attempts: 5", "max_attempts: x")
+    config = config.replace("from: qualifio", "from: qualifo")
+    path = write_config(
+        tmp_path,
+        config,
+        {
+            "pass": "fields:\n  a: lowr(x)\n  b: upper(x, y)\n  c: id\n",
+            "draft": "fields: {id: [oops}\n",
+        },
+    )
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(path)
+    lines = str(caught.value).splitlines()
+    assert [line.split(": ")[0].replace(str(tmp_path) + "/", "") for line in lines] == [
+        "config.yaml:5",
+        "config.yaml:8",
+        "config.yaml:10",
+        "mappings/draft.yaml:1",
+        "mappings/pass.yaml:2",
+        "mappings/pass.yaml:3",
+    ]
 
 
 def test_mapping_errors_name_the_mapping_file(tmp_path):
