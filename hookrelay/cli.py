@@ -1,4 +1,4 @@
-"""The `relay` command: serve, worker, check, try, send, events, replay.
+"""The `relay` command: serve, worker, check, try, test, send, events, replay.
 
 Every RelayError becomes one line on stderr and exit 1; never a traceback for a user error.
 """
@@ -19,6 +19,7 @@ from hookrelay import __version__
 from hookrelay.auth import sign
 from hookrelay.config import Config, default_config_path, load_config
 from hookrelay.errors import InvalidConfig, RelayError, Skip
+from hookrelay.mapping_tests import run_tests
 from hookrelay.runtime import Relay, configure_logging
 from hookrelay.sources import normalise
 from hookrelay.store import STATUSES
@@ -77,6 +78,7 @@ def worker(config_path: Path | None) -> None:
     """Deliver stored events (when web processes run with RELAY_WORKER=off)."""
     configure_logging()
     relay = Relay(_config(config_path))
+    relay.watch()
     click.echo("worker running; Ctrl-C to stop", err=True)
     relay.worker.run_forever()
 
@@ -95,34 +97,66 @@ def check(config_path: Path | None) -> None:
 @main.command("try")
 @click.argument("mapping")
 @click.argument("payload", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--source", help="the source whose format applies (default: the first using MAPPING)")
+@click.option(
+    "--source", help="the source whose format applies (default: the one routed to MAPPING)"
+)
+@click.option("--explain", is_flag=True, help="show each field's expression and value")
 @config_option
-def try_(mapping: str, payload: Path, source: str | None, config_path: Path | None) -> None:
+def try_(
+    mapping: str, payload: Path, source: str | None, explain: bool, config_path: Path | None
+) -> None:
     """Print the record MAPPING makes of the PAYLOAD file, or why it is skipped."""
     config = _config(config_path)
-    if mapping not in config.mappings:
-        raise RelayError(
-            f"no route uses a mapping named {mapping!r}; "
-            f"known: {', '.join(sorted(config.mappings)) or '(none)'}"
-        )
-    fmt = _format(config, mapping, source)
+    found = config.mappings.get(mapping)
+    if found is None:
+        known = ", ".join(sorted(config.mappings)) or "none"
+        raise RelayError(f"no mapping named {mapping!r}; mappings/ has {known}")
     try:
-        data = json.loads(payload.read_bytes())
+        data = normalise(_format(config, mapping, source), json.loads(payload.read_bytes()))
     except ValueError as exc:
         raise RelayError(f"{payload}: not valid JSON ({exc})") from None
+    if explain:
+        for field, expression, value in found.explain(data):
+            click.echo(f"{field}: {expression}\n    = {json.dumps(value, ensure_ascii=False)}")
+        click.echo("")
     try:
-        record = config.mappings[mapping].apply(normalise(fmt, data))
+        record = found.apply(data)
     except Skip as exc:
         click.echo(f"skipped: {exc.message}")
         return
     click.echo(json.dumps(record, ensure_ascii=False, indent=2))
 
 
+@main.command("test")
+@config_option
+def test_(config_path: Path | None) -> None:
+    """Run the `tests:` of every mapping; print what differs; exit 1 when any fails."""
+    config = _config(config_path)
+    results = [
+        r
+        for name, m in sorted(config.mappings.items())
+        for r in run_tests(m, _format(config, name, None))
+    ]
+    for r in results:
+        click.echo(f"{'ok  ' if r.passed else 'FAIL'} {r.mapping} test {r.number} ({r.payload})")
+        for line in r.differences:
+            click.echo(f"       {line}")
+    failed = sum(not r.passed for r in results)
+    click.echo(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
 def _format(config: Config, mapping: str, source: str | None) -> str:
-    names = [source] if source else [r.source for r in config.routes if r.mapping == mapping]
-    if not names or names[0] not in config.sources:
-        raise RelayError(f"unknown source {source!r}")
-    return config.sources[names[0]].format
+    """The format a mapping reads: its source's, or qualifio for a mapping no route uses yet."""
+    if source is not None:
+        if source not in config.sources:
+            raise RelayError(
+                f"unknown source {source!r}; expected one of {', '.join(config.sources)}"
+            )
+        return config.sources[source].format
+    routed = [r.source for r in config.routes if r.mapping == mapping]
+    return config.sources[routed[0]].format if routed else "qualifio"
 
 
 @main.command()

@@ -201,6 +201,21 @@ class Mapping:
             raise Skip(f"when: {self.when.expression}")
         return self._prune(self._build(self.fields, payload, ()), ())
 
+    def explain(self, payload: Any) -> list[tuple[str, str, Any]]:
+        """Each output field's dotted name, expression and value, before drop and omit_empty."""
+        rows: list[tuple[str, str, Any]] = []
+
+        def walk(tree: Tree, path: tuple[str, ...]) -> None:
+            for name, node in tree.items():
+                if isinstance(node, dict):
+                    walk(node, path + (name,))
+                else:
+                    field = ".".join(path + (name,))
+                    rows.append((field, node.expression, self._search(node, payload, field)))
+
+        walk(self.fields, ())
+        return rows
+
     def _build(self, tree: Tree, payload: Any, path: tuple[str, ...]) -> dict[str, Any]:
         return {
             name: self._build(node, payload, path + (name,))

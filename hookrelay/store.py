@@ -148,6 +148,7 @@ class Store:
     ) -> None:
         self.engine = _engine(url, timeout)
         self.clock = clock
+        self.dialect = self.engine.dialect.name
         self._placeholder = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         self._write_lock = _write_lock(url)
         self._writer = _GroupCommit(self._write_batch, timeout)
@@ -266,7 +267,7 @@ class Store:
         woken by the kernel the moment it is free, rather than sleeping in SQLite's busy handler;
         BEGIN IMMEDIATE then takes SQLite's write lock at once, with nothing to upgrade."""
         with self._write_lock, self.engine.begin() as conn:
-            if self.engine.dialect.name == "sqlite":
+            if self.dialect == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
 

@@ -42,6 +42,7 @@ def create_app(config: Config | None = None, worker: bool | None = None) -> Flas
     app.register_error_handler(HTTPException, _http_error)
     if relay.config.trusted_proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=relay.config.trusted_proxy_hops)  # type: ignore[method-assign]
+    relay.watch()
     if worker if worker is not None else os.environ.get("RELAY_WORKER", "on") != "off":
         relay.worker.start()
         atexit.register(relay.worker.stop)
@@ -109,6 +110,8 @@ def readyz() -> ResponseReturnValue:
         problems.append(f"storage does not answer ({type(exc).__name__})")
     if problems:
         return {"status": "unavailable", "problems": problems}, 503
+    if relay().config_problems:  # still ready: the last good configuration is running
+        return {"status": "ready", "config_refused": relay().config_problems}
     return {"status": "ready"}
 
 

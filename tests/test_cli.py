@@ -48,7 +48,10 @@ def test_events_lists_ids_and_states_without_personal_data(tmp_path, sink, start
     [
         (("replay", "0123abcd"), "no event with id 0123abcd"),
         (("replay",), "give event ids, or --dead"),
-        (("try", "nope", "samples/v2-complete.json"), "no route uses a mapping named 'nope'"),
+        (
+            ("try", "nope", "samples/v2-complete.json"),
+            "no mapping named 'nope'; mappings/ has pass",
+        ),
         (
             ("send", "samples/v2-complete.json", "--url", "http://127.0.0.1:9"),
             "cannot reach the relay",
