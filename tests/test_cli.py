@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,3 +140,48 @@ def test_serve_runs_the_example_config_end_to_end(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
+
+
+def test_try_explain_shows_each_field_expression_and_value():
+    done = relay_command("try", "newsletter", "samples/v2-complete.json", "--explain", cwd=ROOT)
+    assert done.returncode == 0
+    assert 'merge_fields.PARTNERS: variables.partners_optin\n    = "0"' in done.stdout
+    assert '"PARTNERS"' not in done.stdout.split("\n\n", 1)[1]  # explained, then dropped
+
+
+FAILING = """
+fields:
+  id: id
+  merge_fields: {PARTNERS: variables.partners_optin, NEWS: variables.newsletter_optin}
+tests:
+  - payload: ../samples/v2-complete.json
+    expect: {id: 7F3C2A91-5B4E-4D2A-9C1E-2B8F6A0D4E11, merge_fields: {PARTNERS: null, NEWS: "1"}}
+  - payload: ../samples/v2-complete.json
+    expect: {merge_fields: {NEWS: "0"}, missing: x}
+  - payload: ../samples/v2-incomplete.json
+    expect: skipped
+"""
+
+
+def test_relay_test_runs_every_mapping_and_prints_what_differs(tmp_path):
+    config = basic_config(tmp_path, mapping=FAILING)
+    shutil.copytree(ROOT / "samples", tmp_path / "samples")
+    done = relay_command("test", "--config", str(config))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        "FAIL pass test 1 (../samples/v2-complete.json)",
+        '       merge_fields.PARTNERS: expected null, got "0"',
+        "FAIL pass test 2 (../samples/v2-complete.json)",
+        '       merge_fields.NEWS: expected "0", got "1"',
+        '       missing: expected "x", got nothing (the field is absent)',
+        "FAIL pass test 3 (../samples/v2-incomplete.json)",
+        '       expected "skipped", got {"id": "7F3C2A91-5B4E-4D2A-9C1E-2B8F6A0D4E11", '
+        '"merge_fields": {"PARTNERS": "0", "NEWS": "1"}}',
+        "0 passed, 3 failed",
+    ]
+
+
+def test_relay_test_passes_on_the_example_mappings():
+    done = relay_command("test", cwd=ROOT)
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.splitlines()[-1].endswith(" passed, 0 failed")
