@@ -14,12 +14,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import yaml
-from jmespath.parser import ParsedResult
 
 from hookrelay.errors import ConfigError, InvalidConfig
+
+if TYPE_CHECKING:
+    from hookrelay.mapping import Expression
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Key = tuple[str | int, ...]
@@ -88,7 +90,7 @@ class Source:
     name: str
     format: Literal["qualifio", "json"]
     auth: Auth
-    dedupe: ParsedResult | None = None
+    dedupe: Expression | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +249,7 @@ class Document:
         items = value if isinstance(value, list) else [value]
         return tuple(self.string(v, key + (i,)) for i, v in enumerate(items))
 
-    def expression(self, value: Any, key: Key) -> ParsedResult:
+    def expression(self, value: Any, key: Key) -> Expression:
         from hookrelay.mapping import compile_expression
 
         return compile_expression(self, self.string(value, key), key)

@@ -11,21 +11,23 @@ import datetime as dt
 import difflib
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jmespath
 from jmespath import exceptions as jp_errors
 from jmespath import functions
-from jmespath.parser import ParsedResult
+from jmespath.visitor import TreeInterpreter
 
 from hookrelay.errors import ConfigError, InvalidConfig, Permanent, Skip
 
 if TYPE_CHECKING:
     from hookrelay.config import Document, Key
 
-Tree = dict[str, "ParsedResult | Tree"]
+Tree = dict[str, "Expression | Tree"]
 
 
 class Functions(functions.Functions):
@@ -140,24 +142,128 @@ def _parse_date(value: Any) -> dt.datetime | None:
         return None
 
 
-OPTIONS = jmespath.Options(custom_functions=Functions())
+FUNCTIONS = Functions()
+OPTIONS = jmespath.Options(custom_functions=FUNCTIONS)
+# One interpreter for what closures do not cover: ParsedResult.search() builds a new one per call,
+# throwing away its method cache. It keeps no per-search state, so threads can share it.
+INTERPRETER = TreeInterpreter(OPTIONS)
 
 
-def compile_expression(doc: Document, text: str, key: Key) -> ParsedResult:
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A JMESPath expression compiled to Python closures; `text` is what the user wrote."""
+
+    text: str
+    search: Callable[[Any], Any]
+
+
+def compile_expression(doc: Document, text: str, key: Key) -> Expression:
     """Compile once at load: syntax, function names and argument counts are checked here, so a
     mapping that loads cannot fail for those reasons while it delivers."""
     try:
-        compiled = jmespath.compile(text)
+        parsed = jmespath.compile(text).parsed
     except jp_errors.LexerError as exc:
         raise doc.error(key, f"invalid JMESPath {text!r}: {exc.msg}") from None
     except jp_errors.ParseError as exc:
         raise doc.error(
             key, f"invalid JMESPath {text!r}: {exc.msg} at column {exc.lex_position + 1}"
         ) from None
-    problem = _function_problem(compiled.parsed)
+    problem = _function_problem(parsed)
     if problem:
         raise doc.error(key, f"{problem} in {text!r}")
-    return compiled
+    return Expression(text, _closure(parsed))
+
+
+def _closure(node: Any) -> Callable[[Any], Any]:
+    """The node as a Python function of the current value.
+
+    The node types mappings use become direct closures, each a transcription of the JMESPath
+    interpreter's own rule for it; the rest (filters, slices, ordering comparisons...) go to the
+    interpreter, whose tree walk costs a method dispatch per node and per record.
+    """
+    kind = node["type"]
+    children = [_closure(c) for c in node.get("children", ()) if isinstance(c, dict)]
+    if kind == "field":
+        name = node["value"]
+        return lambda value: value.get(name) if isinstance(value, dict) else None
+    if kind in ("subexpression", "index_expression", "pipe"):
+        return partial(_chain, children)
+    if kind == "literal":
+        return partial(_constant, node["value"])
+    if kind == "current":
+        return _identity
+    if kind == "function_expression":
+        # Called directly: the argument count was checked at load, and a wrong type fails inside
+        # the function (TypeError, AttributeError...), which Mapping._search reports like the
+        # interpreter's own type error. Its per-call type check cost ten times the call.
+        function = FUNCTIONS.FUNCTION_TABLE[node["value"]]["function"]
+        return lambda value: function(FUNCTIONS, *[arg(value) for arg in children])
+    if kind == "projection":
+        return partial(_project, *children)
+    if kind == "flatten":
+        return partial(_flatten, children[0])
+    if kind == "index":
+        return partial(_index, node["value"])
+    if kind == "multi_select_list":
+        return lambda value: None if value is None else [c(value) for c in children]
+    if kind == "multi_select_dict":
+        names = [c["value"] for c in node["children"]]
+        return lambda value: (
+            None if value is None else {n: c(value) for n, c in zip(names, children, strict=True)}
+        )
+    if kind == "key_val_pair":
+        return children[0]
+    if kind == "or_expression":
+        return lambda value: first if _truthy(first := children[0](value)) else children[1](value)
+    if kind == "and_expression":
+        return lambda value: children[1](value) if _truthy(first := children[0](value)) else first
+    if kind == "comparator" and node["value"] in ("eq", "ne"):
+        compare = TreeInterpreter.COMPARATOR_FUNC[node["value"]]
+        return lambda value: compare(children[0](value), children[1](value))
+    return partial(INTERPRETER.visit, node)
+
+
+def _chain(steps: list[Callable[[Any], Any]], value: Any) -> Any:
+    for step in steps:
+        value = step(value)
+    return value
+
+
+def _constant(constant: Any, value: Any) -> Any:
+    return constant
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _project(base: Callable[[Any], Any], each: Callable[[Any], Any], value: Any) -> Any:
+    items = base(value)
+    if not isinstance(items, list):
+        return None
+    return [r for r in map(each, items) if r is not None]
+
+
+def _flatten(base: Callable[[Any], Any], value: Any) -> Any:
+    items = base(value)
+    if not isinstance(items, list):
+        return None
+    merged: list[Any] = []
+    for item in items:
+        if isinstance(item, list):
+            merged.extend(item)
+        else:
+            merged.append(item)
+    return merged
+
+
+def _index(position: int, value: Any) -> Any:
+    if not isinstance(value, list):
+        return None
+    try:
+        return value[position]
+    except IndexError:
+        return None
 
 
 def _function_problem(node: Any) -> str | None:
@@ -183,7 +289,7 @@ def _function_problem(node: Any) -> str | None:
 class Mapping:
     name: str
     fields: Tree
-    when: ParsedResult | None = None
+    when: Expression | None = None
     drop_values: tuple[Any, ...] = ()
     drop_fields: tuple[tuple[str, ...], ...] | None = None  # None: every field
     omit_empty: bool = False
@@ -198,7 +304,7 @@ class Mapping:
         :raise Permanent: when an expression fails on this payload (a mapping bug; replayable).
         """
         if self.when is not None and not _truthy(self._search(self.when, payload, "when")):
-            raise Skip(f"when: {self.when.expression}")
+            raise Skip(f"when: {self.when.text}")
         return self._prune(self._build(self.fields, payload, ()), ())
 
     def explain(self, payload: Any) -> list[tuple[str, str, Any]]:
@@ -211,7 +317,7 @@ class Mapping:
                     walk(node, path + (name,))
                 else:
                     field = ".".join(path + (name,))
-                    rows.append((field, node.expression, self._search(node, payload, field)))
+                    rows.append((field, node.text, self._search(node, payload, field)))
 
         walk(self.fields, ())
         return rows
@@ -225,14 +331,12 @@ class Mapping:
         }
 
     @staticmethod
-    def _search(expression: ParsedResult, payload: Any, field: str) -> Any:
+    def _search(expression: Expression, payload: Any, field: str) -> Any:
         try:
-            return expression.search(payload, options=OPTIONS)
-        except jp_errors.JMESPathError as exc:
+            return expression.search(payload)
+        except (jp_errors.JMESPathError, TypeError, AttributeError, ValueError) as exc:
             # The library's message quotes the offending value: keep only its kind (privacy).
-            raise Permanent(
-                f"field {field}: {type(exc).__name__} in {expression.expression!r}"
-            ) from None
+            raise Permanent(f"field {field}: {type(exc).__name__} in {expression.text!r}") from None
 
     def _prune(self, record: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
         out = {}
@@ -303,7 +407,7 @@ def load_mapping(doc: Document, name: str) -> Mapping:
 _KEYS = ("description", "when", "fields", "drop", "omit_empty", "tests")
 
 
-def _when(doc: Document, data: dict[str, Any]) -> ParsedResult | None:
+def _when(doc: Document, data: dict[str, Any]) -> Expression | None:
     return doc.expression(data["when"], ("when",)) if "when" in data else None
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from hookrelay.config import Document
 from hookrelay.errors import Permanent, Skip
-from hookrelay.mapping import OPTIONS, Functions, load_mapping
+from hookrelay.mapping import OPTIONS, Functions, compile_expression, load_mapping
 from hookrelay.sources import normalise
 from tests.conftest import sample
 
@@ -169,3 +169,60 @@ def test_wrong_types_are_refused_without_quoting_the_value(tmp_path):
     with pytest.raises(Permanent) as caught:
         m.apply(payload("v2-complete.json"))
     assert "zoe" not in caught.value.message and caught.value.message.startswith("field email:")
+
+
+SAME_AS_JMESPATH = [
+    "id",
+    "campaign.channel.website.name",
+    "variables.nope.deeper",
+    "form[0].responses[0].value",
+    "form[-1].variable",
+    "form[99]",
+    "form[].variable",
+    "questionnaire[].responses[].value",
+    "questionnaire[].responses[].value[]",
+    "optins[?response == '1'].variable",
+    "form[:2].id",
+    "[id, state]",
+    "{i: id, s: state}",
+    "id || state",
+    "nope || state",
+    "id && state",
+    "nope && state",
+    "!nope",
+    "state == 'COMPLETED'",
+    "state != 'COMPLETED'",
+    "campaign.id > `5`",
+    "sum(questionnaire[].score)",
+    "length(form)",
+    "`[1, [2, 3]]`[]",
+    "campaign | name",
+    "join(', ', form[].variable)",
+    "lower(variables.email)",
+    "concat('a', `1`, nope)",
+    "campaign.themes[0].code",
+    "@.state",
+    "keys(browser)",
+    "sort_by(form, &id)[0].variable",
+    "max_by(questionnaire, &score).variable",
+    "map(&variable, optins)",
+    "variables.*",
+    "to_string(campaign.id)",
+    "'raw'",
+    "`null`",
+    "questionnaire[?score > `0`] | [0].variable",
+    "form[?variable == 'email'].responses[0].value",
+]
+
+
+@pytest.mark.parametrize("expression", SAME_AS_JMESPATH)
+def test_compiled_expressions_give_what_jmespath_gives(tmp_path, expression):
+    data = payload("v2-complete.json")
+    compiled = compile_expression(Document(write_yaml(tmp_path)), expression, ("x",))
+    assert compiled.search(data) == jmespath.search(expression, data, options=OPTIONS)
+
+
+def write_yaml(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("{}\n")
+    return path
