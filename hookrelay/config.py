@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
@@ -113,11 +113,27 @@ class Config:
     trusted_proxy_hops: int = 0
     retention_days: int = 30
     storage_timeout: float = 10.0
-    files: tuple[Path, ...] = field(default=())
+    fingerprint: Fingerprint = ()
 
     def targets(self, source: str) -> list[tuple[str, str]]:
         """The (mapping, destination) pairs an event from `source` is delivered to."""
         return [(r.mapping, d) for r in self.routes if r.source == source for d in r.destinations]
+
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(config_path: Path) -> Fingerprint:
+    """What tells a changed configuration: the stat of config.yaml and of each mapping file."""
+    paths = [config_path, *sorted((config_path.parent / "mappings").glob("*.yaml"))]
+    found = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        found.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
 
 
 def default_config_path() -> Path:
@@ -266,6 +282,7 @@ def load_config(path: Path | str) -> Config:
     from hookrelay.destinations import build_destination
 
     path = Path(path)
+    seen = fingerprint(path)  # before reading, so an edit made while we read is not missed
     doc = Document(path)
     problems: list[ConfigError] = []
     data = doc.data if isinstance(doc.data, dict) else {}
@@ -295,9 +312,8 @@ def load_config(path: Path | str) -> Config:
             )
         except ConfigError as exc:
             problems.append(exc)
-    mappings, files = {}, [path]
+    mappings = {}
     for mapping_path in sorted((path.parent / "mappings").glob("*.yaml")):
-        files.append(mapping_path)
         mapping = attempt(problems, None, _mapping, mapping_path)
         if mapping is not None:
             mappings[mapping_path.stem] = mapping
@@ -313,13 +329,13 @@ def load_config(path: Path | str) -> Config:
     if problems:
         raise problems[0] if len(problems) == 1 else InvalidConfig(problems)
     return Config(
+        fingerprint=seen,
         path=path,
         sources=sources,
         destinations=destinations,
         policies=policies,
         mappings=mappings,
         routes=routes,
-        files=tuple(files),
         **settings,
     )
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 
-from hookrelay.config import Config, load_config
+from hookrelay.config import Config, fingerprint, load_config
 from hookrelay.errors import ConfigError
 from hookrelay.store import Store
 from hookrelay.worker import Worker
 
 logger = logging.getLogger(__name__)
-
-Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 class Relay:
@@ -29,7 +26,7 @@ class Relay:
         self.config_problems: list[str] = []  # why the last edit was refused, if it was
         self.store = Store(config.storage, config.storage_timeout)
         self.worker = Worker(self)
-        self._seen = fingerprint(config.path)
+        self._seen = config.fingerprint  # taken by load_config before it read the files
         if os.environ.get("DYNO") and self.store.dialect == "sqlite":
             logger.warning(
                 "running on a dyno with SQLite: its disk is ephemeral and stored events are lost "
@@ -41,7 +38,7 @@ class Relay:
         now = fingerprint(self.config.path)
         if now == self._seen:
             return False
-        self._seen = now
+        self._seen = now  # taken before reading: an edit made during the load is seen next time
         try:
             config = load_config(self.config.path)
         except ConfigError as exc:
@@ -76,19 +73,6 @@ class Relay:
                 self.reload_if_changed()
             except Exception:  # a bug here must not stop the watching; the old config runs on
                 logger.exception("config reload failed")
-
-
-def fingerprint(config_path: Path) -> Fingerprint:
-    """What tells a changed configuration: the stat of config.yaml and of each mapping file."""
-    paths = [config_path, *sorted((config_path.parent / "mappings").glob("*.yaml"))]
-    found = []
-    for path in paths:
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        found.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(found)
 
 
 def configure_logging() -> None:
