@@ -185,3 +185,21 @@ def test_relay_test_passes_on_the_example_mappings():
     done = relay_command("test", cwd=ROOT)
     assert done.returncode == 0, done.stdout
     assert done.stdout.splitlines()[-1].endswith(" passed, 0 failed")
+
+
+def test_check_lists_every_problem_then_exits_1(tmp_path):
+    config = write_config(
+        tmp_path,
+        "sources:\n  q: {format: xml}\ndestinations:\n  d: {type: nope}\n"
+        "routes:\n  - {from: q, mapping: m, to: [d]}\n",
+        {"m": "fields: {a: lowr(x)}\n"},
+    )
+    done = relay_command("check", "--config", str(config))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"Error: {config}:2: sources.q.format: unknown format 'xml'; expected qualifio or json",
+        f"Error: {config}:4: destinations.d.type: unknown destination type 'nope'; "
+        "expected one of file, http",
+        f"Error: {tmp_path}/mappings/m.yaml:1: fields.a: unknown function lowr(); "
+        "did you mean lower()? (the README lists them all) in 'lowr(x)'",
+    ]

@@ -226,3 +226,37 @@ def write_yaml(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("{}\n")
     return path
+
+
+# Wrong types: text functions refuse (the delivery is dead, naming the field); converters and
+# combinators, made to be forgiving, give null or a best effort instead.
+@pytest.mark.parametrize(
+    ("expression", "outcome"),
+    [
+        ("lower(campaign)", "refused"),
+        ("upper(campaign)", "refused"),
+        ("trim(campaign)", "refused"),
+        ("title(campaign)", "refused"),
+        ("replace(campaign, 'a', 'b')", "refused"),
+        ("split(campaign.id, ',')", "refused"),
+        ("to_bool(campaign)", None),
+        ("from_unix(campaign)", None),
+        ("format_date(campaign, '%Y')", None),
+        ("pick(state)", {}),
+        ("concat(campaign.id, '-', state)", "987654-COMPLETED"),
+        ("coalesce(form[99], campaign.id)", 987654),
+        (
+            "default(campaign.themes, 'x')",
+            [{"code": "SUMMER_2024", "description": "Campagnes été 2024"}],
+        ),
+        ("md5(campaign.id)", "6c44e5cd17f0019c64b042e4a745412a"),
+        ("sha256(`true`)", "b5bea41b6c623f7c09f1bf24dcae58ebab3c0cdd90ad966bc43a45b44867e12b"),
+    ],
+)
+def test_functions_on_wrong_types(tmp_path, expression, outcome):
+    m = mapping(tmp_path, f'fields: {{x: "{expression}"}}\n')
+    if outcome == "refused":
+        with pytest.raises(Permanent, match=r"^field x: \w+Error in "):
+            m.apply(payload("v2-complete.json"))
+    else:
+        assert m.apply(payload("v2-complete.json")) == {"x": outcome}
