@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from hookrelay.errors import StorageUnavailable
+from hookrelay.errors import RelayError, StorageUnavailable
 from hookrelay.sources import Incoming
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,13 @@ MAX_ROWS = 1000  # rows per INSERT: 8,000 parameters, under SQLite's 32,766
 Job = tuple[str, str, Sequence[Incoming], Sequence[tuple[str, str]]]
 
 
+schema_version = sa.Table(
+    "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
+)
+SCHEMA_VERSION = 1  # a change to the tables adds a step from the previous version here
+SCHEMA_LOCK = 0x686F6F6B  # "hook": the advisory lock id schema changes take on PostgreSQL
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     event_id: str
@@ -155,11 +162,24 @@ class Store:
         self.create_schema()
 
     def create_schema(self) -> None:
+        """Create the tables, or check they are this version's. Safe when many processes start
+        at once: SQLite's writers queue on the file lock, PostgreSQL's on an advisory lock (its
+        CREATE TABLE IF NOT EXISTS is not safe against a concurrent one)."""
         with self._transaction() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
             for table in metadata.sorted_tables:
                 conn.execute(CreateTable(table, if_not_exists=True))
                 for index in table.indexes:
                     conn.execute(CreateIndex(index, if_not_exists=True))
+            found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+            if found is None:
+                conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            elif found > SCHEMA_VERSION:
+                raise RelayError(
+                    f"the database has schema version {found}, newer than this relay's "
+                    f"{SCHEMA_VERSION}: upgrade hookrelay"
+                )
 
     def close(self) -> None:
         self.engine.dispose()

@@ -3,6 +3,7 @@ and a guard that fails any test whose logs carry personal data or a secret."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -11,12 +12,14 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import sqlalchemy as sa
 from werkzeug.serving import make_server
 
 from hookrelay.auth import sign
@@ -102,7 +105,7 @@ def basic_config(directory: Path, sink_url: str = "http://127.0.0.1:9", **extra:
     return write_config(
         directory,
         f"""
-        storage: sqlite:///relay.db
+        storage: ${{RELAY_TEST_STORAGE:-sqlite:///relay.db}}
         storage_timeout: {extra.pop("storage_timeout", "5s")}
         sources:
           qualifio: {{format: qualifio, auth: {auth}}}
@@ -161,6 +164,51 @@ class RunningRelay:
         return found
 
 
+PG_URL = os.environ.get("RELAY_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/test")
+
+
+@functools.cache
+def pg_available() -> bool:
+    engine = sa.create_engine(_driver(PG_URL), connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            return True
+    except sa.exc.OperationalError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def _driver(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Each test that stores runs on both backends: a SQLite file in tmp_path, or a schema of
+    its own on the PostgreSQL server (RELAY_TEST_DATABASE_URL, default 127.0.0.1:5432/test),
+    so runs never see each other's rows. Configs read it as ${RELAY_TEST_STORAGE}."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/relay.db"
+        monkeypatch.setenv("RELAY_TEST_STORAGE", url)
+        yield url
+        return
+    if not pg_available():
+        pytest.skip(f"PostgreSQL does not answer at {PG_URL}; .ci/run starts it")
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(_driver(PG_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    monkeypatch.setenv("RELAY_TEST_STORAGE", url)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
 @pytest.fixture
 def sink() -> Iterator[FakeServer]:
     with FakeServer() as server:
@@ -168,7 +216,7 @@ def sink() -> Iterator[FakeServer]:
 
 
 @pytest.fixture
-def start_relay() -> Iterator[Any]:
+def start_relay(storage: str) -> Iterator[Any]:
     running: list[RunningRelay] = []
 
     def start(config_path: Path, worker: bool = True) -> RunningRelay:

@@ -158,7 +158,7 @@ def relay_events(config_path: Path, status: str) -> str:
 
 @pytest.mark.parametrize("victim", ["worker", "web"])
 def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
-    tmp_path: Path, victim: str
+    tmp_path: Path, victim: str, storage: str
 ) -> None:
     seed = int(os.environ.get("CRASH_SEED") or random.randrange(2**32))
     print(f"victim={victim} CRASH_SEED={seed}")

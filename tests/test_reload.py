@@ -21,7 +21,7 @@ from tests.test_cli import free_port
 pytestmark = pytest.mark.slow
 
 CONFIG = f"""
-storage: sqlite:///relay.db
+storage: ${{RELAY_TEST_STORAGE}}
 max_body_bytes: 100000
 sources:
   qualifio: {{format: qualifio, auth: {{signature: {{secrets: ["{SECRET}"]}}}}}}
@@ -67,7 +67,7 @@ def edit(path: Path, text: str) -> None:
     os.utime(path, ns=(before + 10**9, before + 10**9))
 
 
-def test_edits_are_picked_up_by_every_worker_and_bad_ones_refused(tmp_path):
+def test_edits_are_picked_up_by_every_worker_and_bad_ones_refused(tmp_path, storage):
     config = write_config(tmp_path, CONFIG, {"row": "fields: {id: id}\n"})
     port, log = free_port(), tmp_path / "gunicorn.log"
     LOG_FILES.append(log)

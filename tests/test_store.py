@@ -24,8 +24,8 @@ def clock():
 
 
 @pytest.fixture
-def store(tmp_path, clock):
-    s = Store(f"sqlite:///{tmp_path}/relay.db", clock=clock)
+def store(storage, clock):
+    s = Store(storage, clock=clock)
     yield s
     s.close()
 
@@ -129,7 +129,9 @@ def test_counts_by_destination_and_status(store, clock):
     }
 
 
-def test_sqlite_is_in_wal_mode_with_full_sync(store):
+def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/relay.db")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    store.close()

@@ -7,9 +7,11 @@ import hashlib
 import hmac
 import json
 import sqlite3
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import requests
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PASS_MAPPING, SECRET, basic_config, participation, sample, write_config
@@ -54,11 +56,21 @@ def test_json_array_becomes_one_event_per_element(tmp_path, sink, start_relay):
     assert relay.wait_settled() == ["delivered", "delivered"]
 
 
-def _held_lock(tmp_path):
-    """Another connection holding SQLite's write lock: storage that cannot commit."""
-    conn = sqlite3.connect(tmp_path / "relay.db", isolation_level=None)
-    conn.execute("BEGIN EXCLUSIVE")
-    return conn
+@contextmanager
+def storage_locked(storage):
+    """Another connection holding the write lock: storage that cannot commit."""
+    if storage.startswith("sqlite:///"):
+        conn = sqlite3.connect(storage[len("sqlite:///") :], isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        yield
+        conn.rollback()
+        conn.close()
+        return
+    engine = sa.create_engine(storage.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        yield
+    engine.dispose()
 
 
 # DESIGN §4, one row each: what is sent, and the answer it must get.
@@ -80,7 +92,7 @@ def _held_lock(tmp_path):
     ],
 )
 def test_bad_requests_get_a_precise_answer(
-    tmp_path, sink, start_relay, request_kind, status, message
+    tmp_path, sink, start_relay, storage, request_kind, status, message
 ):
     relay = start_relay(basic_config(tmp_path, sink.url, storage_timeout="300ms"))
     bodies = {
@@ -102,11 +114,10 @@ def test_bad_requests_get_a_precise_answer(
         url = f"{relay.url}/hooks/typo"
     if request_kind.endswith("over max_body_bytes"):
         body = b'{"id": "x", "pad": "' + b"a" * (1 << 20) + b'"}'
-    lock = _held_lock(tmp_path) if request_kind == "storage unavailable" else None
+    locked = storage_locked(storage) if request_kind == "storage unavailable" else nullcontext()
     data = iter([body]) if request_kind.startswith("chunked") else body
-    answer = requests.post(url, data=data, headers=headers, timeout=10)
-    if lock:
-        lock.rollback()
+    with locked:
+        answer = requests.post(url, data=data, headers=headers, timeout=10)
     assert answer.status_code == status
     assert message in answer.json()["error"]
     if status == 503:
@@ -186,7 +197,7 @@ def _ip_config(tmp_path, sink, hops):
     return write_config(
         tmp_path,
         f"""
-        storage: sqlite:///relay.db
+        storage: ${{RELAY_TEST_STORAGE}}
         trusted_proxy_hops: {hops}
         sources:
           qualifio: {{format: qualifio, auth: {{allow_ips: [203.0.113.0/24, "127.0.0.1"]}}}}
@@ -253,7 +264,9 @@ def test_healthz_readyz_and_metrics(tmp_path, sink, start_relay):
     assert after[("hookrelay_deliveries", (("destination", "sink"), ("status", "delivered")))] == 1
 
 
-def test_readyz_says_why_storage_is_not_ready(tmp_path, sink, start_relay):
+def test_readyz_says_why_storage_is_not_ready(tmp_path, sink, start_relay, storage):
+    if not storage.startswith("sqlite"):
+        pytest.skip("PostgreSQL's readiness is tested by restarting the server (test_postgres)")
     relay = start_relay(basic_config(tmp_path, sink.url))
     relay.relay.store.engine.dispose()
     (tmp_path / "relay.db").unlink()
