@@ -159,7 +159,11 @@ class Store:
         self._placeholder = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         self._write_lock = _write_lock(url)
         self._writer = _GroupCommit(self._write_batch, timeout)
-        self.create_schema()
+        try:
+            self.create_schema()
+        except BaseException:
+            self.close()
+            raise
 
     def create_schema(self) -> None:
         """Create the tables, or check they are this version's. Safe when many processes start

@@ -3,6 +3,7 @@ and a guard that fails any test whose logs carry personal data or a secret."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 from werkzeug.serving import make_server
 
 from hookrelay.auth import sign
@@ -183,6 +185,25 @@ def _driver(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+@contextlib.contextmanager
+def pg_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A schema of its own on the PostgreSQL server, dropped afterwards; its URL."""
+    if not pg_available():
+        pytest.skip(f"PostgreSQL does not answer at {PG_URL}; .ci/run starts it")
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    # NullPool: a restart of the server in a test must not leave a dead pooled connection here.
+    admin = sa.create_engine(_driver(PG_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    monkeypatch.setenv("RELAY_TEST_STORAGE", url)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -190,23 +211,19 @@ def storage(
     """Each test that stores runs on both backends: a SQLite file in tmp_path, or a schema of
     its own on the PostgreSQL server (RELAY_TEST_DATABASE_URL, default 127.0.0.1:5432/test),
     so runs never see each other's rows. Configs read it as ${RELAY_TEST_STORAGE}."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/relay.db"
-        monkeypatch.setenv("RELAY_TEST_STORAGE", url)
-        yield url
+    if request.param == "postgresql":
+        with pg_schema(monkeypatch) as url:
+            yield url
         return
-    if not pg_available():
-        pytest.skip(f"PostgreSQL does not answer at {PG_URL}; .ci/run starts it")
-    schema = f"test_{uuid.uuid4().hex[:16]}"
-    admin = sa.create_engine(_driver(PG_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    url = f"sqlite:///{tmp_path}/relay.db"
     monkeypatch.setenv("RELAY_TEST_STORAGE", url)
     yield url
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
+
+
+@pytest.fixture
+def pg_storage(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with pg_schema(monkeypatch) as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import LOG_FILES, ROOT, basic_config, relay_command, write_config
+from tests.processes import free_port
 
 
 def test_send_signs_like_qualifio(tmp_path, sink, start_relay):
@@ -88,12 +88,6 @@ def test_try_prints_the_record_or_why_it_is_skipped():
     assert done.returncode == 0 and '"status_if_new": "subscribed"' in done.stdout
     skipped = relay_command("try", "newsletter", "samples/v2-incomplete.json", cwd=ROOT)
     assert skipped.stdout.startswith("skipped: when: state == 'COMPLETED'")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_runs_the_example_config_end_to_end(tmp_path):

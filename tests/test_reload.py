@@ -16,7 +16,7 @@ import requests
 
 from hookrelay.auth import sign
 from tests.conftest import LOG_FILES, ROOT, SECRET, participation, write_config
-from tests.test_cli import free_port
+from tests.processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +49,17 @@ def wait_until(check, timeout: float = 20.0):
 def rows(directory: Path) -> list[dict]:
     path = directory / "rows.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def every_worker_answers(url: str, unsigned: bytes, status: int) -> None:
+    """Wait until ten requests in a row, each on a new connection, get `status`: with two
+    workers taking turns at accepting, that is both workers running the same config."""
+    wait_until(
+        lambda: all(
+            requests.post(f"{url}/hooks/qualifio", data=unsigned, timeout=5).status_code == status
+            for _ in range(10)
+        )
+    )
 
 
 def by_id(found: list[dict], n: int) -> dict:
@@ -101,13 +112,9 @@ def test_edits_are_picked_up_by_every_worker_and_bad_ones_refused(tmp_path, stor
         # Every gunicorn worker refuses a large body now (one connection per request, so both
         # answer); an unsigned body is 401 before the reload and 413 after, and stores nothing.
         big = participation(2)
-        wait_until(
-            lambda: all(
-                requests.post(f"{url}/hooks/qualifio", data=big, timeout=5).status_code == 413
-                for _ in range(10)
-            )
-        )
+        every_worker_answers(url, big, 413)
         edit(config, CONFIG)
+        every_worker_answers(url, big, 401)  # the limit is back: now it fails on its signature
         wait_until(lambda: post(url, participation(3)).status_code == 202)
         found = wait_until(lambda: len(rows(tmp_path)) == 2 and rows(tmp_path))
         assert by_id(found, 3) == {"id": json.loads(participation(3))["id"], "state": "COMPLETED"}

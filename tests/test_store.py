@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from hookrelay.errors import RelayError
 from hookrelay.sources import Incoming
 from hookrelay.store import Outcome, Store
 
@@ -135,3 +136,34 @@ def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     store.close()
+
+
+def test_many_processes_starting_at_once_create_the_schema_once(storage):
+    """Eight stores built at the same moment on an empty database, as gunicorn workers are."""
+    errors, stores = [], []
+    barrier = threading.Barrier(8)
+
+    def start():
+        barrier.wait()
+        try:
+            stores.append(Store(storage))
+        except Exception as exc:  # collected, then asserted empty below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with stores[0].engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version FROM schema_version").scalars().all() == [1]
+    for s in stores:
+        s.close()
+
+
+def test_a_newer_schema_is_refused_with_a_clear_message(store, storage):
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE schema_version SET version = 99")
+    with pytest.raises(RelayError, match="schema version 99, newer than this relay's 1"):
+        Store(storage)

@@ -275,3 +275,15 @@ def test_readyz_says_why_storage_is_not_ready(tmp_path, sink, start_relay, stora
     assert answer.status_code == 503
     assert answer.json()["problems"] == ["storage does not answer (OperationalError)"]
     assert json.dumps(answer.json()).count("relay.db") == 0
+
+
+def test_sqlite_on_a_dyno_warns_that_its_disk_is_ephemeral(
+    tmp_path, sink, start_relay, storage, monkeypatch, caplog
+):
+    monkeypatch.setenv("DYNO", "web.1")
+    start_relay(basic_config(tmp_path, sink.url))
+    warned = [r.message for r in caplog.records if "dyno" in r.message]
+    if storage.startswith("sqlite"):
+        assert warned and "set DATABASE_URL to a PostgreSQL database" in warned[0]
+    else:
+        assert warned == []
