@@ -54,6 +54,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "v2-incomplete.json"
 HOST = "127.0.0.1"
@@ -310,6 +313,27 @@ def start_server(name: str, args: list[str], env: dict[str, str], cwd: Path, tmp
             stderr=subprocess.STDOUT,
         )
     return Server(name, port, proc, log, "/healthz" if name == "relay" else "/")
+
+
+def own_schema(storage: str) -> str | None:
+    """On PostgreSQL, a schema of the run's own, so it neither reads nor leaves rows elsewhere."""
+    if not storage.startswith(("postgresql://", "postgres://")):
+        return None
+    schema = f"bench_{os.getpid()}_{int(time.time())}"
+    with _admin(storage) as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    return schema
+
+
+def drop_schema(storage: str, schema: str) -> None:
+    with _admin(storage) as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _admin(storage: str) -> sa.Connection:
+    url = storage.replace("postgres://", "postgresql://", 1)
+    url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool).connect()
 
 
 def write_config(tmp: Path, storage: str) -> Path:
@@ -569,7 +593,9 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k != "RELAY_LOG_LEVEL"}  # INFO, as users run
     env["RELAY_WORKER"] = "off"
     tmp = Path(tempfile.mkdtemp(prefix="hookrelay-bench-"))
-    config = write_config(tmp, args.storage)
+    schema = own_schema(args.storage)
+    storage = f"{args.storage}?options=-csearch_path%3D{schema}" if schema else args.storage
+    config = write_config(tmp, storage)
     env["RELAY_CONFIG"] = str(config)
     workers = os.environ.get("WEB_CONCURRENCY", "2")  # as hookrelay/gunicorn_conf.py reads them
     threads = os.environ.get("GUNICORN_THREADS", "16")
@@ -617,6 +643,8 @@ def main() -> int:
     finally:
         for server in servers:
             server.stop()
+        if schema:
+            drop_schema(args.storage, schema)
         if args.keep:
             print(f"kept {tmp}")
         else:
