@@ -21,7 +21,7 @@ import yaml
 from hookrelay.errors import ConfigError, InvalidConfig
 
 if TYPE_CHECKING:
-    from hookrelay.mapping import Expression
+    from hookrelay.expressions import Expression
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Key = tuple[str | int, ...]
@@ -266,7 +266,7 @@ class Document:
         return tuple(self.string(v, key + (i,)) for i, v in enumerate(items))
 
     def expression(self, value: Any, key: Key) -> Expression:
-        from hookrelay.mapping import compile_expression
+        from hookrelay.expressions import compile_expression
 
         return compile_expression(self, self.string(value, key), key)
 

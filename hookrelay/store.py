@@ -1,88 +1,29 @@
 """Store: events, their deliveries and every attempt, on SQLite or PostgreSQL (SQLAlchemy Core).
 
-A 2xx means "stored durably", so ingest commits before it answers. Many requests share one commit
-(group commit): request threads hand their events to one writer thread, which writes everything
-waiting in one transaction and one fsync, then wakes them all. Claims mark deliveries with a claim
+A 2xx means "stored durably", so ingest commits before it answers, many requests sharing one
+commit (see hookrelay.commit). Claims mark deliveries with a claim
 token and push `next_attempt_at` one lease ahead: a worker that dies loses its claim when the lease
 ends, and a late answer from it cannot overwrite a newer claim's outcome.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import queue
 import random
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.engine import Connection
 
-from hookrelay.errors import RelayError, StorageUnavailable
+from hookrelay.commit import FileLock, GroupCommit, write_lock
+from hookrelay.database import Status, attempts, create_schema, deliveries, engine, events
 from hookrelay.sources import Incoming
 
 logger = logging.getLogger(__name__)
-
-Status = Literal["pending", "delivered", "skipped", "dead"]
-STATUSES: tuple[Status, ...] = ("pending", "delivered", "skipped", "dead")
-
-metadata = sa.MetaData()
-events = sa.Table(
-    "events",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("source", sa.String(100), nullable=False),
-    sa.Column("format", sa.String(20), nullable=False),
-    sa.Column("dedupe_key", sa.Text, nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("received_at", sa.Float, nullable=False),
-    sa.Index("events_dedupe", "source", "dedupe_key", unique=True),
-    sa.Index("events_received", "received_at"),
-)
-deliveries = sa.Table(
-    "deliveries",
-    metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column(
-        "event_id", sa.String(32), sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
-    ),
-    sa.Column("mapping", sa.String(100), nullable=False),
-    sa.Column("destination", sa.String(100), nullable=False),
-    sa.Column("status", sa.String(10), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("next_attempt_at", sa.Float, nullable=False),
-    sa.Column("claimed_by", sa.String(32)),
-    sa.Column("last_error", sa.Text),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Index("deliveries_due", "status", "next_attempt_at"),
-    sa.Index("deliveries_event", "event_id"),
-)
-attempts = sa.Table(
-    "attempts",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column(
-        "delivery_id",
-        sa.String(32),
-        sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    sa.Column("started_at", sa.Float, nullable=False),
-    sa.Column("duration_ms", sa.Integer, nullable=False),
-    sa.Column("outcome", sa.String(10), nullable=False),
-    sa.Column("http_status", sa.Integer),
-    sa.Column("detail", sa.Text),
-    sa.Index("attempts_delivery", "delivery_id"),
-)
 
 
 EVENT_COLUMNS = "id, source, format, dedupe_key, payload, received_at"
@@ -92,13 +33,6 @@ DELIVERY_COLUMNS = (
 MAX_ROWS = 1000  # rows per INSERT: 8,000 parameters, under SQLite's 32,766
 
 Job = tuple[str, str, Sequence[Incoming], Sequence[tuple[str, str]]]
-
-
-schema_version = sa.Table(
-    "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
-)
-SCHEMA_VERSION = 1  # a change to the tables adds a step from the previous version here
-SCHEMA_LOCK = 0x686F6F6B  # "hook": the advisory lock id schema changes take on PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +87,12 @@ class Store:
     def __init__(
         self, url: str, timeout: float = 10.0, clock: Callable[[], float] = time.time
     ) -> None:
-        self.engine = _engine(url, timeout)
+        self.engine = engine(url, timeout)
         self.clock = clock
         self.dialect = self.engine.dialect.name
         self._placeholder = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        self._write_lock = _write_lock(url)
-        self._writer = _GroupCommit(self._write_batch, timeout)
+        self._write_lock = write_lock(url)
+        self._writer = GroupCommit(self._write_batch, timeout)
         try:
             self.create_schema()
         except BaseException:
@@ -166,28 +100,12 @@ class Store:
             raise
 
     def create_schema(self) -> None:
-        """Create the tables, or check they are this version's. Safe when many processes start
-        at once: SQLite's writers queue on the file lock, PostgreSQL's on an advisory lock (its
-        CREATE TABLE IF NOT EXISTS is not safe against a concurrent one)."""
         with self._transaction() as conn:
-            if self.dialect == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
-            for table in metadata.sorted_tables:
-                conn.execute(CreateTable(table, if_not_exists=True))
-                for index in table.indexes:
-                    conn.execute(CreateIndex(index, if_not_exists=True))
-            found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
-            if found is None:
-                conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
-            elif found > SCHEMA_VERSION:
-                raise RelayError(
-                    f"the database has schema version {found}, newer than this relay's "
-                    f"{SCHEMA_VERSION}: upgrade hookrelay"
-                )
+            create_schema(conn)
 
     def close(self) -> None:
         self.engine.dispose()
-        if isinstance(self._write_lock, _FileLock):
+        if isinstance(self._write_lock, FileLock):
             self._write_lock.close()
 
     def ping(self) -> None:
@@ -460,109 +378,3 @@ class Store:
                 )
             )
             return {(d, s): n for d, s, n in rows}
-
-
-def _engine(url: str, timeout: float) -> Engine:
-    if url.startswith("postgres://"):  # Heroku's spelling
-        url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": timeout}
-        )
-        sa.event.listen(engine, "connect", _sqlite_connect)
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-
-
-def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets reads go on while ingest writes; synchronous=FULL fsyncs every commit, so a 2xx
-    # survives power loss. The driver's own transaction handling is off: reads run in
-    # autocommit, and writes BEGIN IMMEDIATE (Store._transaction), so no transaction ever has to
-    # upgrade a read lock, which fails at once under contention.
-    dbapi_conn.isolation_level = None
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
-        dbapi_conn.execute(f"PRAGMA {pragma}")
-
-
-def _write_lock(url: str) -> AbstractContextManager[Any]:
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
-        return nullcontext()  # PostgreSQL queues writers itself, row by row
-    return _FileLock(url[len("sqlite:///") :] + ".lock")
-
-
-class _FileLock:
-    """One writer at a time across threads and processes; waiting is a blocking flock."""
-
-    def __init__(self, path: str) -> None:
-        self.path, self._thread_lock = path, threading.Lock()
-        self._file: Any = None
-        self._pid = 0
-
-    def __enter__(self) -> None:
-        self._thread_lock.acquire()
-        if self._pid != os.getpid():  # after a fork, a shared open file would share the lock
-            self._file, self._pid = open(self.path, "a"), os.getpid()
-        fcntl.flock(self._file, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._thread_lock.release()
-
-    def close(self) -> None:
-        with self._thread_lock:
-            if self._file is not None:
-                self._file.close()
-                self._file, self._pid = None, 0
-
-
-class _GroupCommit:
-    """Many request threads, one writer thread, one transaction per batch of waiting requests.
-
-    The writer takes everything queued while the previous commit was fsyncing, so the number of
-    commits per second adapts to the disk, not to the request rate.
-    """
-
-    max_batch = 500
-
-    def __init__(self, write: Callable[[list[Any]], list[Any]], wait: float) -> None:
-        self._write, self.wait = write, wait  # wait: seconds before a request answers 503
-        self._queue: queue.SimpleQueue[tuple[Any, Future[Any]]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._pid = 0
-
-    def submit(self, job: Any) -> Any:
-        self._start()
-        future: Future[Any] = Future()
-        self._queue.put((job, future))
-        try:
-            return future.result(timeout=self.wait)
-        except (SQLAlchemyError, TimeoutError) as exc:
-            logger.error("storage unavailable: %s", type(exc).__name__)
-            raise StorageUnavailable("storage is unavailable; retry later") from None
-
-    def _start(self) -> None:
-        # Started on first use, in the process that uses it: gunicorn forks after import.
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    threading.Thread(target=self._run, name="group-commit", daemon=True).start()
-                    self._pid = os.getpid()
-
-    def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                results = self._write([job for job, _ in batch])
-            except Exception as exc:  # every waiting request answers 503; none is half-stored
-                for _, future in batch:
-                    future.set_exception(exc)
-            else:
-                for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)

@@ -7,7 +7,7 @@ import pytest
 from hookrelay.cli import main
 from hookrelay.config import POLICY, SETTINGS
 from hookrelay.destinations import DESTINATIONS
-from hookrelay.mapping import Functions
+from hookrelay.functions import Functions
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")

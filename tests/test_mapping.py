@@ -9,7 +9,9 @@ import pytest
 
 from hookrelay.config import Document
 from hookrelay.errors import Permanent, Skip
-from hookrelay.mapping import OPTIONS, Functions, compile_expression, load_mapping
+from hookrelay.expressions import OPTIONS, compile_expression
+from hookrelay.functions import Functions
+from hookrelay.mapping import load_mapping
 from hookrelay.sources import normalise
 from tests.conftest import sample
 

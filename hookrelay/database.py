@@ -1,0 +1,120 @@
+"""The database: the relay's tables, their creation, and each dialect's engine settings.
+
+SQLite and PostgreSQL differ only here and in a few attributes of Store: the URL chooses
+(sqlite:///path, postgresql://... or Heroku's postgres://).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from hookrelay.errors import RelayError
+
+Status = Literal["pending", "delivered", "skipped", "dead"]
+STATUSES: tuple[Status, ...] = ("pending", "delivered", "skipped", "dead")
+
+metadata = sa.MetaData()
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("source", sa.String(100), nullable=False),
+    sa.Column("format", sa.String(20), nullable=False),
+    sa.Column("dedupe_key", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Index("events_dedupe", "source", "dedupe_key", unique=True),
+    sa.Index("events_received", "received_at"),
+)
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "event_id", sa.String(32), sa.ForeignKey("events.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("mapping", sa.String(100), nullable=False),
+    sa.Column("destination", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("claimed_by", sa.String(32)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("deliveries_due", "status", "next_attempt_at"),
+    sa.Index("deliveries_event", "event_id"),
+)
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "delivery_id",
+        sa.String(32),
+        sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
+    sa.Column("outcome", sa.String(10), nullable=False),
+    sa.Column("http_status", sa.Integer),
+    sa.Column("detail", sa.Text),
+    sa.Index("attempts_delivery", "delivery_id"),
+)
+schema_version = sa.Table(
+    "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
+)
+SCHEMA_VERSION = 1  # a change to the tables adds a step from the previous version here
+SCHEMA_LOCK = 0x686F6F6B  # "hook": the advisory lock id schema changes take on PostgreSQL
+
+
+def create_schema(conn: Connection) -> None:
+    """Create the tables, or check they are this version's, in the caller's write transaction.
+
+    Safe when many processes start at once: SQLite's writers queue on the store's file lock,
+    PostgreSQL's on an advisory lock (its CREATE TABLE IF NOT EXISTS is not safe against a
+    concurrent one).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+    for table in metadata.sorted_tables:
+        conn.execute(CreateTable(table, if_not_exists=True))
+        for index in table.indexes:
+            conn.execute(CreateIndex(index, if_not_exists=True))
+    found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+    if found is None:
+        conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+    elif found > SCHEMA_VERSION:
+        raise RelayError(
+            f"the database has schema version {found}, newer than this relay's "
+            f"{SCHEMA_VERSION}: upgrade hookrelay"
+        )
+
+
+def engine(url: str, timeout: float) -> Engine:
+    """The engine for a storage URL; `timeout` is how long SQLite waits for its lock."""
+    if url.startswith("postgres://"):  # Heroku's spelling
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": timeout}
+        )
+        sa.event.listen(engine, "connect", _sqlite_connect)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets reads go on while ingest writes; synchronous=FULL fsyncs every commit, so a 2xx
+    # survives power loss. The driver's own transaction handling is off: reads run in
+    # autocommit, and writes BEGIN IMMEDIATE (Store._transaction), so no transaction ever has to
+    # upgrade a read lock, which fails at once under contention.
+    dbapi_conn.isolation_level = None
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+        dbapi_conn.execute(f"PRAGMA {pragma}")
