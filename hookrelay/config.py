@@ -165,6 +165,7 @@ class Document:
         finally:
             loader.dispose()
         self.lines: dict[Key, int] = {}
+        self._from_env: dict[str, str] = {}  # value -> the variable it came from
         if node is not None:
             self._index(node, ())
         self.data = self._expand(data, ())
@@ -200,6 +201,8 @@ class Document:
                     f"${{{name}:-default}} to give a default",
                 )
             return default
+        if len(value) >= 3:
+            self._from_env[value] = name
         return value
 
     def error(self, key: Key, message: str) -> ConfigError:
@@ -208,6 +211,8 @@ class Document:
         while probe and probe not in self.lines:
             probe = probe[:-1]
         dotted = ".".join(str(k) for k in key) or None
+        for value, name in self._from_env.items():  # it may be a secret: never echo it
+            message = message.replace(value, f"${{{name}}}")
         return ConfigError(message, self.path, self.lines.get(probe), dotted)
 
     # Small typed getters: each raises a located ConfigError, so callers stay one line.

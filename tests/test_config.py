@@ -193,3 +193,16 @@ def test_a_secret_is_never_echoed_in_an_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert "hunter2-secret" not in str(caught.value)
+
+
+def test_a_value_from_the_environment_is_never_echoed(tmp_path, monkeypatch):
+    monkeypatch.setenv("QS_SECRET", "hunter2-secret")
+    path = write_config(
+        tmp_path,
+        GOOD.replace("max_attempts: 5", "max_attempts: ${QS_SECRET}"),
+        {"pass": PASS_MAPPING},
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "hunter2-secret" not in str(caught.value)
+    assert "got '${QS_SECRET}'" in str(caught.value)
