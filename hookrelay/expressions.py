@@ -67,6 +67,8 @@ def _closure(node: Any) -> Callable[[Any], Any]:
     if kind == "field":
         name = node["value"]
         return lambda value: value.get(name) if isinstance(value, dict) else None
+    if kind == "subexpression" and all(c["type"] == "field" for c in node["children"]):
+        return partial(_path, tuple(c["value"] for c in node["children"]))  # a.b.c: one loop
     if kind in ("subexpression", "index_expression", "pipe"):
         return partial(_chain, children)
     if kind == "literal":
@@ -107,6 +109,14 @@ def _closure(node: Any) -> Callable[[Any], Any]:
 def _chain(steps: list[Callable[[Any], Any]], value: Any) -> Any:
     for step in steps:
         value = step(value)
+    return value
+
+
+def _path(names: tuple[str, ...], value: Any) -> Any:
+    for name in names:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
     return value
 
 
