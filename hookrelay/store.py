@@ -1,14 +1,13 @@
 """Store: events, their deliveries and every attempt, on SQLite or PostgreSQL (SQLAlchemy Core).
 
 A 2xx means "stored durably", so ingest commits before it answers, many requests sharing one
-commit (see hookrelay.commit). Claims mark deliveries with a claim
-token and push `next_attempt_at` one lease ahead: a worker that dies loses its claim when the lease
-ends, and a late answer from it cannot overwrite a newer claim's outcome.
+commit (see hookrelay.commit). Claims mark deliveries with a claim token and push
+`next_attempt_at` one lease ahead: a worker that dies loses its claim when the lease ends, and a
+late answer from it cannot overwrite a newer claim's outcome.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,9 +21,6 @@ from sqlalchemy.engine import Connection
 from hookrelay.commit import FileLock, GroupCommit, write_lock
 from hookrelay.database import Status, attempts, create_schema, deliveries, engine, events
 from hookrelay.sources import Incoming
-
-logger = logging.getLogger(__name__)
-
 
 EVENT_COLUMNS = "id, source, format, dedupe_key, payload, received_at"
 DELIVERY_COLUMNS = (
