@@ -18,6 +18,7 @@ import jmespath
 from jmespath import exceptions as jp_errors
 from jmespath.visitor import TreeInterpreter
 
+from hookrelay.errors import Permanent
 from hookrelay.functions import Functions
 
 if TYPE_CHECKING:
@@ -35,7 +36,19 @@ class Expression:
     """A JMESPath expression compiled to Python closures; `text` is what the user wrote."""
 
     text: str
-    search: Callable[[Any], Any]
+    run: Callable[[Any], Any]
+
+    def search(self, value: Any) -> Any:
+        """The expression's value for `value`.
+
+        :raise Permanent: it failed on this value (a function given the wrong kind of value):
+            retrying cannot help, fixing the expression can. The message names the error's kind,
+            never the value, which may be personal data.
+        """
+        try:
+            return self.run(value)
+        except (jp_errors.JMESPathError, TypeError, AttributeError, ValueError) as exc:
+            raise Permanent(f"{type(exc).__name__} in {self.text!r}") from None
 
 
 def compile_expression(doc: Document, text: str, key: Key) -> Expression:
@@ -77,7 +90,7 @@ def _closure(node: Any) -> Callable[[Any], Any]:
         return _identity
     if kind == "function_expression":
         # Called directly: the argument count was checked at load, and a wrong type fails inside
-        # the function (TypeError, AttributeError...), which Mapping._search reports like the
+        # the function (TypeError, AttributeError...), which Expression.search reports like the
         # interpreter's own type error. Its per-call type check cost ten times the call.
         function = FUNCTIONS.FUNCTION_TABLE[node["value"]]["function"]
         return lambda value: function(FUNCTIONS, *[arg(value) for arg in children])

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jmespath import exceptions as jp_errors
-
 from hookrelay.errors import ConfigError, InvalidConfig, Permanent, Skip
 from hookrelay.expressions import Expression, truthy
 
@@ -71,9 +69,8 @@ class Mapping:
     def _search(expression: Expression, payload: Any, field: str) -> Any:
         try:
             return expression.search(payload)
-        except (jp_errors.JMESPathError, TypeError, AttributeError, ValueError) as exc:
-            # The library's message quotes the offending value: keep only its kind (privacy).
-            raise Permanent(f"field {field}: {type(exc).__name__} in {expression.text!r}") from None
+        except Permanent as exc:
+            raise Permanent(f"field {field}: {exc.message}") from None
 
     def _prune(self, record: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
         out = {}

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from hookrelay.config import Source
-from hookrelay.errors import BadRequest
+from hookrelay.errors import BadRequest, Permanent
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,13 @@ def _incoming(source: Source, item: dict[str, Any], text: str) -> Incoming:
 def dedupe_key(source: Source, item: dict[str, Any], text: str) -> str:
     """Two requests with one key are one participation. Qualifio: id + state; json: the body."""
     if source.dedupe is not None:
-        value = source.dedupe.search(item)
+        try:
+            value = source.dedupe.search(item)
+        except Permanent as exc:  # never refuse a participation over its dedupe key
+            logger.warning(
+                "source %s: dedupe failed (%s); using the body's hash", source.name, exc.message
+            )
+            value = None
         if value not in (None, ""):
             return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     elif source.format == "qualifio":

@@ -287,3 +287,27 @@ def test_sqlite_on_a_dyno_warns_that_its_disk_is_ephemeral(
         assert warned and "set DATABASE_URL to a PostgreSQL database" in warned[0]
     else:
         assert warned == []
+
+
+def test_a_dedupe_expression_that_fails_still_stores_the_participation(tmp_path, sink, start_relay):
+    config = write_config(
+        tmp_path,
+        f"""
+        storage: ${{RELAY_TEST_STORAGE}}
+        sources:
+          qualifio: {{format: qualifio, dedupe: "lower(campaign)"}}
+        destinations:
+          sink: {{type: http, url: "{sink.url}"}}
+        routes:
+          - {{from: qualifio, mapping: pass, to: [sink]}}
+        """,
+        {"pass": PASS_MAPPING},
+    )
+    relay = start_relay(config)
+    first = relay.post(V2, secret=None)
+    assert first.status_code == 202  # lower() of an object fails: the body's hash dedupes
+    assert relay.post(V2, secret=None).json() == {
+        "event_id": first.json()["event_id"],
+        "duplicate": True,
+    }
+    assert relay.wait_settled() == ["delivered"]
