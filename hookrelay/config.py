@@ -217,12 +217,13 @@ class Document:
 
     # Small typed getters: each raises a located ConfigError, so callers stay one line.
 
-    def table(self, value: Any, key: Key, allowed: tuple[str, ...]) -> dict[str, Any]:
+    def table(self, value: Any, key: Key, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """`value` as a mapping; with `allowed`, an unknown key is an error saying what is known."""
         if value is None:
             return {}
         if not isinstance(value, dict):
             raise self.error(key, f"expected a mapping of keys, got {type(value).__name__}")
-        unknown = self.unknown_keys(value, key, allowed)
+        unknown = self.unknown_keys(value, key, allowed) if allowed is not None else []
         if unknown:
             raise unknown[0]
         return value
@@ -284,8 +285,6 @@ def load_config(path: Path | str) -> Config:
 
     :raise ConfigError: one problem; InvalidConfig when there are several, all reported at once.
     """
-    from hookrelay.destinations import build_destination
-
     path = Path(path)
     seen = fingerprint(path)  # before reading, so an edit made while we read is not missed
     doc = Document(path)
@@ -301,22 +300,14 @@ def load_config(path: Path | str) -> Config:
         source = attempt(problems, None, _source, doc, name, spec)
         if source is not None:
             sources[name] = source
-    destinations, policies = {}, {}
     declared: dict[str, Any] = attempt(
         problems, {}, _named, doc, data.get("destinations"), ("destinations",)
     )
+    destinations, policies = {}, {}
     for name, spec in declared.items():
-        key = ("destinations", name)
-        try:
-            options = dict(doc.table(spec, key, _ANY))
-            policies[name] = _policy(
-                doc, {k: options.pop(k) for k in _policy_keys(options)}, key, base
-            )
-            destinations[name] = build_destination(
-                doc, key, name, options, path.parent, policies[name].timeout, _POLICY_KEYS
-            )
-        except ConfigError as exc:
-            problems.append(exc)
+        built = attempt(problems, None, _destination, doc, name, spec, base, path.parent)
+        if built is not None:
+            destinations[name], policies[name] = built
     mappings = {}
     for mapping_path in sorted((path.parent / "mappings").glob("*.yaml")):
         mapping = attempt(problems, None, _mapping, mapping_path)
@@ -356,6 +347,23 @@ def attempt(problems: list[ConfigError], default: T, build: Callable[..., T], *a
     return default
 
 
+def _destination(
+    doc: Document, name: str, spec: Any, base: Policy, directory: Path
+) -> tuple[Any, Policy]:
+    """A destination and its policy: the policy keys any destination takes, the rest its own."""
+    from hookrelay.destinations import build_destination
+
+    key = ("destinations", name)
+    options = dict(doc.table(spec, key))
+    policy = _policy(
+        doc, {k: options.pop(k) for k in list(options) if k in _POLICY_KEYS}, key, base
+    )
+    destination = build_destination(
+        doc, key, name, options, directory, policy.timeout, _POLICY_KEYS
+    )
+    return destination, policy
+
+
 def _mapping(path: Path) -> Any:
     from hookrelay.mapping import load_mapping
 
@@ -373,18 +381,8 @@ def _settings(doc: Document, data: dict[str, Any], base: Path) -> dict[str, Any]
     )
 
 
-class _Any(tuple[str, ...]):
-    """An `allowed` set that admits every key (destination options are checked by their class)."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-
-_ANY = _Any()
-
-
 def _named(doc: Document, value: Any, key: Key) -> dict[str, Any]:
-    table = doc.table(value, key, _ANY)
+    table = doc.table(value, key)
     for name in table:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             raise doc.error(key + (name,), "names use only letters, digits, '_' and '-'")
@@ -392,10 +390,6 @@ def _named(doc: Document, value: Any, key: Key) -> dict[str, Any]:
 
 
 _POLICY_KEYS = tuple(s.name for s in POLICY)
-
-
-def _policy_keys(options: dict[str, Any]) -> list[str]:
-    return [k for k in options if k in _POLICY_KEYS]
 
 
 def _policy(doc: Document, value: Any, key: Key, base: Policy) -> Policy:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from hookrelay.config import Config, fingerprint, load_config
 from hookrelay.errors import ConfigError
@@ -67,8 +68,8 @@ class Relay:
             ).start()
 
     def _watch(self, seconds: float) -> None:
-        stop = threading.Event()
-        while not stop.wait(seconds):
+        while True:
+            time.sleep(seconds)
             try:
                 self.reload_if_changed()
             except Exception:  # a bug here must not stop the watching; the old config runs on

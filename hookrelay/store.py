@@ -344,8 +344,11 @@ class Store:
                 .mappings()
                 .all()
             )
+        by_event: dict[str, list[dict[str, Any]]] = {e["id"]: [] for e in found}
+        for row in rows:
+            by_event[row["event_id"]].append(dict(row))
         for event in found:
-            event["deliveries"] = [dict(r) for r in rows if r["event_id"] == event["id"]]
+            event["deliveries"] = by_event[event["id"]]
         return found
 
     def known_events(self, event_ids: Sequence[str]) -> set[str]:

@@ -145,8 +145,7 @@ class Worker:
                 mapping = self.relay.config.mappings.get(d.mapping)
                 if mapping is None:
                     raise Permanent(
-                        f"mapping {d.mapping!r} is no longer used by a route; "
-                        "restore it, then replay"
+                        f"mappings/{d.mapping}.yaml is no longer there; restore it, then replay"
                     )
                 fields = mapping.apply(normalise(d.format, json.loads(d.payload)))
                 missing = [f for f in destination.required if fields.get(f) in (None, "")]

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -103,13 +104,32 @@ def worker_runs(process: Supervised) -> bool:
     return b"worker running" in process.log.read_bytes()
 
 
+def post_signed(url: str, body: bytes, timeout: float = 30) -> requests.Response:
+    """Post `body` to the relay at `url` as Qualifio does: signed with the tests' secret."""
+    headers = {"X-Qualifio-Signature": sign(body, SECRET), "Content-Type": "application/json"}
+    return requests.post(f"{url}/hooks/qualifio", data=body, headers=headers, timeout=timeout)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll `check` until it returns something true (returned); an HTTP or file error is "not
+    yet" (a server still booting, a file not written yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if result := check():
+                return result
+        except (requests.RequestException, OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s")
+
+
 def post_until_stored(url: str, body: bytes) -> int:
     """Post like Qualifio: the same body again after an error, until a 2xx; returns its status."""
-    headers = {"X-Qualifio-Signature": sign(body, SECRET), "Content-Type": "application/json"}
     deadline = time.monotonic() + POST_GIVE_UP
     while True:
         try:
-            answer = requests.post(f"{url}/hooks/qualifio", data=body, headers=headers, timeout=10)
+            answer = post_signed(url, body, timeout=10)
         except requests.RequestException as exc:
             last = type(exc).__name__
         else:

@@ -7,14 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import LOG_FILES, ROOT, basic_config, relay_command, write_config
-from tests.processes import free_port
+from tests.processes import free_port, wait_until
 
 
 def test_send_signs_like_qualifio(tmp_path, sink, start_relay):
@@ -109,25 +107,18 @@ def test_serve_runs_the_example_config_end_to_end(tmp_path):
             start_new_session=True,
         )
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/healthz", timeout=1).ok:
-                    break
-            except requests.RequestException:  # not listening yet, or still booting its workers
-                time.sleep(0.1)
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok)
         sent = relay_command(
             "send", str(ROOT / "samples/v2-complete.json"), cwd=tmp_path, env={"PORT": str(port)}
         )
         assert sent.returncode == 0 and sent.stdout.startswith("202"), sent.stdout + sent.stderr
-        rows, deadline = Path(tmp_path / "data/participations.csv"), time.monotonic() + 20
-        while (
-            not (rows.exists() and rows.read_text().count("\n") >= 2)
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-        text = rows.read_text(encoding="utf-8")
+        rows = tmp_path / "data/participations.csv"
+        text = wait_until(
+            lambda: (
+                rows.read_text(encoding="utf-8").count("\n") >= 2
+                and rows.read_text(encoding="utf-8")
+            )
+        )
         assert text.startswith("participation_id,state,")
         assert "7F3C2A91-5B4E-4D2A-9C1E-2B8F6A0D4E11,COMPLETED" in text
         assert '"=HYPERLINK(""https://attacker.example' in text

@@ -20,10 +20,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from hookrelay.auth import sign
-from tests.conftest import SECRET, RunningRelay, basic_config, participation, relay_command
+from tests.conftest import RunningRelay, basic_config, participation, relay_command
 from tests.fakes.server import Answer, FakeServer
-from tests.processes import Supervised, free_port, web_answers, webhook_id, worker_runs
+from tests.processes import (
+    Supervised,
+    free_port,
+    post_signed,
+    wait_until,
+    web_answers,
+    webhook_id,
+    worker_runs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -62,19 +69,6 @@ def processes(
     return url, started
 
 
-def post(url: str, body: bytes) -> requests.Response:
-    headers = {"X-Qualifio-Signature": sign(body, SECRET), "Content-Type": "application/json"}
-    return requests.post(f"{url}/hooks/qualifio", data=body, headers=headers, timeout=30)
-
-
-def wait_for(check, timeout: float):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-    return result
-
-
 def test_3_web_and_4_worker_processes_deliver_each_participation_once(tmp_path, pg_storage):
     with FakeServer() as sink:
         config = basic_config(tmp_path, sink.url, lease="30s")
@@ -84,7 +78,7 @@ def test_3_web_and_4_worker_processes_deliver_each_participation_once(tmp_path, 
             bodies += [(n, participation(n)) for n in range(0, PARTICIPATIONS, 10)]  # sent twice
             random.Random(6).shuffle(bodies)
             with ThreadPoolExecutor(16) as pool:
-                answers = list(pool.map(lambda item: (item[0], post(url, item[1])), bodies))
+                answers = list(pool.map(lambda item: (item[0], post_signed(url, item[1])), bodies))
             by_id = defaultdict(list)
             for n, answer in answers:
                 by_id[n].append((answer.status_code, answer.json()["duplicate"]))
@@ -94,7 +88,7 @@ def test_3_web_and_4_worker_processes_deliver_each_participation_once(tmp_path, 
             event_ids = {n: {a.json()["event_id"] for m, a in answers if m == n} for n in by_id}
             assert all(len(ids) == 1 for ids in event_ids.values())  # a repeat names the first
 
-            wait_for(lambda: len(sink.requests) >= PARTICIPATIONS, timeout=180)
+            wait_until(lambda: len(sink.requests) >= PARTICIPATIONS, timeout=180)
             time.sleep(1)  # anything sent twice would arrive now
             received = Counter(r.json()["id"] for r in sink.requests)
             assert len(received) == PARTICIPATIONS and set(received.values()) == {1}
@@ -113,12 +107,12 @@ def test_a_killed_workers_claims_are_completed_by_another_after_the_lease(tmp_pa
         url, [web, a] = processes(tmp_path, config, webs=1, workers=1)
         try:
             for n in range(4):
-                assert post(url, participation(n)).status_code == 202
-            wait_for(lambda: len(sink.seen) == 4, timeout=20)  # all four in flight in A
+                assert post_signed(url, participation(n)).status_code == 202
+            wait_until(lambda: len(sink.seen) == 4, timeout=20)  # all four in flight in A
             a.kill()
             b = Supervised("worker-b", a.command, a.env, tmp_path, worker_runs)
             b.start()
-            wait_for(
+            wait_until(
                 lambda: (
                     relay_command("events", "--status", "pending", "--config", str(config)).stdout
                     == ""
@@ -161,7 +155,7 @@ def test_a_database_restart_means_503_then_recovery_by_itself(tmp_path, pg_stora
                 assert ready.json()["problems"][0].startswith("storage does not answer")
             finally:
                 pg_ctl("start")
-            wait_for(lambda: relay.post(participation(2)).status_code in (200, 202), timeout=30)
+            wait_until(lambda: relay.post(participation(2)).status_code in (200, 202), timeout=30)
             assert requests.get(f"{relay.url}/readyz", timeout=10).status_code == 200
             assert relay.wait_settled(timeout=30) == ["delivered", "delivered"]
             assert sorted(r.json()["id"] for r in sink.requests) == sorted(

@@ -8,15 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from hookrelay.auth import sign
 from tests.conftest import LOG_FILES, ROOT, SECRET, participation, write_config
-from tests.processes import free_port
+from tests.processes import free_port, post_signed, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -32,18 +30,6 @@ routes:
 delivery:
   backoff: {{initial: 50ms, max: 200ms}}
 """
-
-
-def wait_until(check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if result := check():
-                return result
-        except (requests.RequestException, OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def rows(directory: Path) -> list[dict]:
@@ -64,11 +50,6 @@ def every_worker_answers(url: str, unsigned: bytes, status: int) -> None:
 
 def by_id(found: list[dict], n: int) -> dict:
     return next(r for r in found if r["id"] == json.loads(participation(n))["id"])
-
-
-def post(url: str, body: bytes) -> requests.Response:
-    headers = {"X-Qualifio-Signature": sign(body, SECRET), "Content-Type": "application/json"}
-    return requests.post(f"{url}/hooks/qualifio", data=body, headers=headers, timeout=10)
 
 
 def edit(path: Path, text: str) -> None:
@@ -103,7 +84,7 @@ def test_edits_are_picked_up_by_every_worker_and_bad_ones_refused(tmp_path, stor
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok)
-        assert post(url, participation(1)).status_code == 202
+        assert post_signed(url, participation(1)).status_code == 202
         assert wait_until(lambda: rows(tmp_path)) == [{"id": json.loads(participation(1))["id"]}]
 
         # A valid edit: a new field in the mapping, a smaller body limit in config.yaml.
@@ -115,7 +96,7 @@ def test_edits_are_picked_up_by_every_worker_and_bad_ones_refused(tmp_path, stor
         every_worker_answers(url, big, 413)
         edit(config, CONFIG)
         every_worker_answers(url, big, 401)  # the limit is back: now it fails on its signature
-        wait_until(lambda: post(url, participation(3)).status_code == 202)
+        wait_until(lambda: post_signed(url, participation(3)).status_code == 202)
         found = wait_until(lambda: len(rows(tmp_path)) == 2 and rows(tmp_path))
         assert by_id(found, 3) == {"id": json.loads(participation(3))["id"], "state": "COMPLETED"}
 
@@ -125,7 +106,7 @@ def test_edits_are_picked_up_by_every_worker_and_bad_ones_refused(tmp_path, stor
             lambda: requests.get(f"{url}/readyz", timeout=2).json().get("config_refused")
         )
         assert "mappings/row.yaml:1: fields.state: unknown function lowr()" in refused[0]
-        assert post(url, participation(4)).status_code == 202
+        assert post_signed(url, participation(4)).status_code == 202
         found = wait_until(lambda: len(rows(tmp_path)) == 3 and rows(tmp_path))
         assert by_id(found, 4) == {"id": json.loads(participation(4))["id"], "state": "COMPLETED"}
         assert "config change refused" in log.read_text()
