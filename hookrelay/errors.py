@@ -8,6 +8,7 @@
     - TooLarge 413 · StorageUnavailable 503 (Retry-After)
   + DeliveryError                              raised by Destination.send()
     - RetryLater(delay=None)                   timeout, connection error, 408, 429, 5xx
+      - Throttled(delay)                       our own vendor limit is spent: not an attempt
     - Permanent                                400/401/403/404: dead at once, reason kept
     - Skip                                     the record cannot go to this destination
 
@@ -100,6 +101,10 @@ class RetryLater(DeliveryError):
     def __init__(self, message: str, delay: float | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.delay, self.status = delay, status
+
+
+class Throttled(RetryLater):
+    """Our own allowance for a vendor is spent: sent later, without spending an attempt."""
 
 
 class Permanent(DeliveryError):

@@ -1,8 +1,9 @@
 """The delivery worker: claim due deliveries, map them, send them, record the outcome.
 
 Each thread claims at most one destination batch at a time, so a claim's lease only has to cover
-one send. Outcomes: delivered; skipped (the mapping's `when`, or a required field missing);
-pending again after a backoff (RetryLater); dead (Permanent, or max_attempts reached), replayable.
+filling it (`batch_wait`) and one send. Outcomes: delivered; skipped (the mapping's `when`, or a
+required field missing); pending again after a backoff (RetryLater); dead (Permanent, or
+max_attempts reached), replayable.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from hookrelay import metrics
 from hookrelay.config import Policy
 from hookrelay.destinations import Destination, Record
-from hookrelay.errors import DeliveryError, Permanent, RetryLater, Skip
+from hookrelay.errors import DeliveryError, Permanent, RetryLater, Skip, Throttled
 from hookrelay.sources import normalise
 from hookrelay.store import Delivery, Outcome
 
@@ -49,6 +50,8 @@ class Worker:
         self.relay, self.threads = relay, threads
         self._wakeup, self._stopping = threading.Event(), threading.Event()
         self._running: list[threading.Thread] = []
+        self._gates: dict[str, threading.Lock] = {}
+        self._gates_lock = threading.Lock()
 
     def start(self) -> None:
         self._running = [
@@ -98,17 +101,41 @@ class Worker:
 
     def run_once(self, offset: int = 0) -> int:
         """Claim and process one batch per destination; returns how many deliveries were done."""
-        config = self.relay.config
-        names = list(config.destinations)
+        names = list(self.relay.config.destinations)
         done = 0
         for name in names[offset % len(names) :] + names[: offset % len(names)] if names else []:
-            batch = self.relay.store.claim_due(
-                config.destinations[name].batch_size, config.policies[name].lease, [name]
-            )
+            batch = self.claim(name)
             if batch:
                 self.process(name, batch)
                 done += len(batch)
         return done
+
+    def claim(self, name: str) -> list[Delivery]:
+        """Claim a batch for `name`: nothing while its rate limit is spent; for a destination with
+        a `batch_wait`, one thread at a time fills a batch, waiting at most that long."""
+        destination = self.relay.config.destinations[name]
+        lease = self.relay.config.policies[name].lease
+        if destination.limit is not None and destination.limit.delay() > 0:
+            return []
+        size, wait = destination.batch_size, destination.batch_wait
+        if wait <= 0:
+            return self.relay.store.claim_due(size, lease, [name])
+        with self._gates_lock:
+            gate = self._gates.setdefault(name, threading.Lock())
+        if not gate.acquire(blocking=False):
+            return []  # another thread is filling this destination's batch
+        try:
+            batch = self.relay.store.claim_due(size, lease, [name])
+            deadline = time.monotonic() + wait
+            while batch and len(batch) < size and not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._stopping.wait(min(left, 0.2))
+                batch += self.relay.store.claim_due(size - len(batch), lease, [name])
+            return batch
+        finally:
+            gate.release()
 
     def process(self, name: str, batch: list[Delivery]) -> None:
         destination = self.relay.config.destinations.get(name)
@@ -176,20 +203,30 @@ class Worker:
         else:
             error = None
         took = int((time.time() - started) * 1000)
-        return [self._outcome(d, policy, error, started, took) for d, _ in records]
+        # A batch that failed together retries together, so it is sent as one batch again.
+        attempt = max(d.attempts for d, _ in records) + 1
+        delay = backoff(policy, attempt, getattr(error, "delay", None))
+        return [self._outcome(d, policy, error, started, took, delay) for d, _ in records]
 
     @staticmethod
     def _outcome(
-        d: Delivery, policy: Policy, error: DeliveryError | None, started: float, took: int
+        d: Delivery,
+        policy: Policy,
+        error: DeliveryError | None,
+        started: float,
+        took: int,
+        delay: float,
     ) -> Outcome:
         if error is None:
             return Outcome(d, "delivered", started, took)
         status = getattr(error, "status", None)
         if isinstance(error, Skip):
             return Outcome(d, "skipped", started, took, error.message, status)
+        if isinstance(error, Throttled):
+            later = time.time() + (error.delay or 1.0)
+            return Outcome(d, "pending", started, took, error.message, None, later, False)
         attempt = d.attempts + 1
         if isinstance(error, RetryLater) and attempt < policy.max_attempts:
-            delay = backoff(policy, attempt, error.delay)
             return Outcome(d, "pending", started, took, error.message, status, time.time() + delay)
         if isinstance(error, RetryLater):
             message = f"gave up after {attempt} attempts: {error.message}"

@@ -47,6 +47,8 @@ FORBIDDEN = (
     "s3cr3t-token",
     "basic-pass",
     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "PRIVATE KEY",  # a Google service account key
+    "ya29.",  # a Google access token
 )
 
 for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):

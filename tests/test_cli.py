@@ -11,6 +11,7 @@ import sys
 import pytest
 import requests
 
+from hookrelay.destinations import DESTINATIONS
 from tests.conftest import LOG_FILES, ROOT, basic_config, relay_command, write_config
 from tests.processes import free_port, wait_until
 
@@ -184,7 +185,7 @@ def test_check_lists_every_problem_then_exits_1(tmp_path):
     assert done.stderr.splitlines() == [
         f"Error: {config}:2: sources.q.format: unknown format 'xml'; expected qualifio or json",
         f"Error: {config}:4: destinations.d.type: unknown destination type 'nope'; "
-        "expected one of file, http",
+        f"expected one of {', '.join(sorted(DESTINATIONS))}",
         f"Error: {tmp_path}/mappings/m.yaml:1: fields.a: unknown function lowr(); "
         "did you mean lower()? (the README lists them all) in 'lowr(x)'",
     ]

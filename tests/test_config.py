@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hookrelay.config import load_config
+from hookrelay.destinations import DESTINATIONS
 from hookrelay.errors import ConfigError, InvalidConfig
 from tests.conftest import PASS_MAPPING, write_config
 
@@ -48,7 +49,7 @@ def test_a_good_config_loads_with_defaults_and_overrides(tmp_path, monkeypatch):
         (
             ("type: http", "type: htp"),
             "config.yaml:5: destinations.sink.type",
-            "unknown destination type 'htp'; expected one of file, http",
+            f"unknown destination type 'htp'; expected one of {', '.join(sorted(DESTINATIONS))}",
         ),
         (
             ("mapping: pass", "mapping: nope"),

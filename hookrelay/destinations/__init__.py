@@ -1,19 +1,22 @@
 """Destinations: where mapped records go. One protocol, one explicit registry.
 
-A destination class validates its own options in its constructor (raising ConfigError with the
-option's name as key) and sends a batch of at most `batch_size` records, raising RetryLater or
-Permanent. `required` lists the record fields without which a record is skipped, not sent.
+A destination class declares its options as keyword-only constructor parameters: options typed
+`int`, `float` (a duration: 2s, 500ms) or `bool` are checked and converted for it, the rest it
+validates itself (raising ConfigError with the option's name as key). It sends a batch of at most
+`batch_size` records, raising RetryLater, Permanent or Skip for the whole batch.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from hookrelay.errors import ConfigError
+from hookrelay.limits import RateLimit
 
 if TYPE_CHECKING:
     from hookrelay.config import Document, Key
@@ -38,18 +41,30 @@ class Context:
 
 class Destination(Protocol):
     type: ClassVar[str]  # what users write after `type:` in config.yaml
-    batch_size: ClassVar[int]  # 1 unless the vendor accepts batches
     required: ClassVar[tuple[str, ...]]  # record fields without which a record is skipped
     name: str
+
+    @property
+    def batch_size(self) -> int:
+        """1 unless the vendor accepts batches."""
+
+    @property
+    def batch_wait(self) -> float:
+        """Seconds the worker may wait for a batch to fill; 0 sends what is due."""
+
+    @property
+    def limit(self) -> RateLimit | None:
+        """The vendor's rate limit: the worker claims nothing for this destination while spent."""
 
     def send(self, records: list[Record]) -> None: ...
 
 
 def _registry() -> dict[str, type[Destination]]:
     from hookrelay.destinations.file import File
+    from hookrelay.destinations.google_sheets import GoogleSheets
     from hookrelay.destinations.http import Http
 
-    return {cls.type: cls for cls in (File, Http)}
+    return {cls.type: cls for cls in (File, GoogleSheets, Http)}
 
 
 DESTINATIONS: dict[str, type[Destination]] = _registry()
@@ -93,7 +108,24 @@ def build_destination(
     for option, param in params.items():
         if param.default is inspect.Parameter.empty and option not in options:
             raise doc.error(key, f"a {kind} destination needs {option!r}")
+    hints = typing.get_type_hints(cls.__init__)
+    for option, value in options.items():
+        options[option] = _typed(doc, key + (option,), hints.get(option), value)
     try:
         return cls(name, Context(base_dir, timeout), **options)  # type: ignore[call-arg]
     except ConfigError as exc:
         raise doc.error(key + ((exc.key,) if exc.key else ()), exc.message) from None
+
+
+def _typed(doc: Document, key: Key, hint: Any, value: Any) -> Any:
+    """Options typed int, float (a duration) or bool, checked and converted; others as given."""
+    if hint is int:
+        return doc.integer(value, key, minimum=1)
+    if hint is float:
+        return doc.duration(value, key)
+    if hint is bool:
+        text = str(value).strip().lower()
+        if text not in ("true", "false"):
+            raise doc.error(key, f"expected true or false, got {value!r}")
+        return text == "true"
+    return value

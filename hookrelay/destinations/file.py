@@ -25,8 +25,8 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 class File:
     type: ClassVar[str] = "file"
-    batch_size: ClassVar[int] = 500
     required: ClassVar[tuple[str, ...]] = ()
+    batch_size, batch_wait, limit = 500, 0.0, None
 
     def __init__(self, name: str, context: Context, *, path: str) -> None:
         self.name = name

@@ -21,8 +21,8 @@ from hookrelay.errors import ConfigError
 
 class Http:
     type: ClassVar[str] = "http"
-    batch_size: ClassVar[int] = 1
     required: ClassVar[tuple[str, ...]] = ()
+    batch_size, batch_wait, limit = 1, 0.0, None
 
     def __init__(
         self,

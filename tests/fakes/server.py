@@ -35,14 +35,19 @@ class Answer:
 
 
 class FakeServer:
-    """Answers come from `script` in order, then `default`; `check` may refuse a request."""
+    """Answers come from `check` when it refuses a request, then from `script` in order, then from
+    `handle` (a stateful fake vendor) or `default`."""
 
-    def __init__(self, check: Callable[[Received], Answer | None] | None = None) -> None:
+    def __init__(
+        self,
+        check: Callable[[Received], Answer | None] | None = None,
+        handle: Callable[[Received], Answer] | None = None,
+    ) -> None:
         self.requests: list[Received] = []  # the requests answered 2xx
         self.seen: list[Received] = []  # every request
         self.script: list[Answer] = []
         self.default = Answer(200, {"ok": True})
-        self.check = check
+        self.check, self.handle = check, handle
         self._lock = threading.Lock()
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
@@ -73,17 +78,24 @@ class FakeServer:
         )
         answer = self.check(received) if self.check else None
         with self._lock:
-            if answer is None:
-                answer = self.script.pop(0) if self.script else self.default
+            if answer is None and self.script:
+                answer = self.script.pop(0)
+        if answer is None:
+            answer = self.handle(received) if self.handle else self.default
+        with self._lock:
             self.seen.append(received)
             if answer.status < 300:
                 self.requests.append(received)
         if answer.delay:
             time.sleep(answer.delay)
-        body = answer.body if isinstance(answer.body, str | bytes) else json.dumps(answer.body)
-        return Response(body, answer.status, answer.headers, content_type="application/json")(
-            environ, start_response
-        )
+        if answer.body is None:
+            body: str | bytes = b""
+        elif isinstance(answer.body, str | bytes):
+            body = answer.body
+        else:
+            body = json.dumps(answer.body)
+        headers = {"Content-Type": "application/json", **answer.headers}
+        return Response(body, answer.status, headers)(environ, start_response)
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[Received]:
         """Wait until `count` requests were accepted; returns them."""
