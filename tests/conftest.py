@@ -28,6 +28,7 @@ from hookrelay.auth import sign
 from hookrelay.config import load_config
 from hookrelay.web import create_app
 from tests.fakes.server import FakeServer
+from tests.fakes.vendors import BREVO_KEY, MAILCHIMP_KEY, TRELLO_KEY, TRELLO_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -49,6 +50,10 @@ FORBIDDEN = (
     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "PRIVATE KEY",  # a Google service account key
     "ya29.",  # a Google access token
+    TRELLO_KEY,
+    TRELLO_TOKEN,
+    MAILCHIMP_KEY,
+    BREVO_KEY,
 )
 
 for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):

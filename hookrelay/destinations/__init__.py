@@ -60,11 +60,14 @@ class Destination(Protocol):
 
 
 def _registry() -> dict[str, type[Destination]]:
+    from hookrelay.destinations.brevo import Brevo
     from hookrelay.destinations.file import File
     from hookrelay.destinations.google_sheets import GoogleSheets
     from hookrelay.destinations.http import Http
+    from hookrelay.destinations.mailchimp import Mailchimp
+    from hookrelay.destinations.trello import Trello
 
-    return {cls.type: cls for cls in (File, GoogleSheets, Http)}
+    return {cls.type: cls for cls in (Brevo, File, GoogleSheets, Http, Mailchimp, Trello)}
 
 
 DESTINATIONS: dict[str, type[Destination]] = _registry()

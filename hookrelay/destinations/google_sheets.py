@@ -51,7 +51,7 @@ class GoogleSheets:
         batch_size: int = 500,
         batch_wait: float = 2.0,
         writes_per_minute: int = 60,
-        base_url: str = "https://sheets.googleapis.com",
+        base_url: str = "https://sheets.googleapis.com/v4",
     ) -> None:
         self.name, self.timeout = name, context.timeout
         self.sheet, self.add_columns = str(sheet), add_columns
@@ -63,7 +63,7 @@ class GoogleSheets:
         )
         tab = "'" + self.sheet.replace("'", "''") + "'"
         spreadsheet = quote(str(spreadsheet_id), safe="")
-        values = f"{_http.check_url(base_url, 'base_url')}/v4/spreadsheets/{spreadsheet}/values/"
+        values = f"{_http.check_url(base_url, 'base_url')}/spreadsheets/{spreadsheet}/values/"
         self.header_url = values + quote(f"{tab}!1:1", safe="")
         self.append_url = values + quote(f"{tab}!A1", safe="") + ":append"
         self.session = _http.session()

@@ -84,7 +84,7 @@ class FakeGoogle:
         self.oauth = FakeServer(handle=self._token)
         self.sheets = FakeServer(check=self._check, handle=self._handle)
         self.token_uri = f"{self.oauth.url}/token"
-        self.sheets_url = self.sheets.url
+        self.sheets_url = f"{self.sheets.url}/v4"  # the API root, as `base_url` takes it
         self.spreadsheets: dict[str, Spreadsheet] = {}
         self.tokens: set[str] = set()
         self.writes: list[Received] = []  # append and update calls that changed the sheet
