@@ -113,10 +113,11 @@ class Worker:
     def claim(self, name: str) -> list[Delivery]:
         """Claim a batch for `name`: nothing while its rate limit is spent; for a destination with
         a `batch_wait`, one thread at a time fills a batch, waiting at most that long."""
-        destination = self.relay.config.destinations[name]
-        lease = self.relay.config.policies[name].lease
-        if destination.limit is not None and destination.limit.delay() > 0:
+        config = self.relay.config  # one reading: a reload may swap it meanwhile
+        destination = config.destinations.get(name)
+        if destination is None or (destination.limit is not None and destination.limit.delay()):
             return []
+        lease = config.policies[name].lease
         size, wait = destination.batch_size, destination.batch_wait
         if wait <= 0:
             return self.relay.store.claim_due(size, lease, [name])

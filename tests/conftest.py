@@ -108,6 +108,25 @@ fields:
 """
 
 
+def vendor_config(directory: Path, destination: str, mapping: str) -> Path:
+    """One qualifio source signed with SECRET, routed through `mapping` to one destination `out`
+    (given as a YAML flow mapping), with fast retries and a 2 s timeout."""
+    return write_config(
+        directory,
+        f"""
+        storage: ${{RELAY_TEST_STORAGE}}
+        sources:
+          qualifio: {{format: qualifio, auth: {{signature: {{secrets: ["{SECRET}"]}}}}}}
+        destinations:
+          out: {destination}
+        routes:
+          - {{from: qualifio, mapping: m, to: [out]}}
+        delivery: {{max_attempts: 4, backoff: {{initial: 50ms, max: 200ms}}, timeout: 2s}}
+        """,
+        {"m": mapping},
+    )
+
+
 def basic_config(directory: Path, sink_url: str = "http://127.0.0.1:9", **extra: str) -> Path:
     """One qualifio source signed with SECRET, one http destination, fast retries."""
     auth = extra.pop("auth", f'{{signature: {{secrets: ["{SECRET}"]}}}}')

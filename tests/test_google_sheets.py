@@ -13,7 +13,7 @@ from hookrelay.config import load_config
 from hookrelay.destinations import Context, Record
 from hookrelay.destinations.google_sheets import GoogleSheets
 from hookrelay.errors import ConfigError, Permanent
-from tests.conftest import SECRET, participation, write_config
+from tests.conftest import participation, vendor_config
 from tests.fakes.google import EMAIL, SPECS, FakeGoogle, Spreadsheet, error, private_key
 from tests.fakes.server import Answer
 from tests.processes import wait_until
@@ -63,21 +63,11 @@ def sheets_config(tmp_path: Path, google: FakeGoogle, monkeypatch, **options: st
     monkeypatch.setenv("GOOGLE_CREDENTIALS", json.dumps(google.credentials()))
     options = {"batch_wait": "200ms", **options}
     extra = "".join(f", {k}: {v}" for k, v in options.items())
-    return write_config(
-        tmp_path,
-        f"""
-        storage: ${{RELAY_TEST_STORAGE}}
-        sources:
-          qualifio: {{format: qualifio, auth: {{signature: {{secrets: ["{SECRET}"]}}}}}}
-        destinations:
-          sheet: {{type: google_sheets, spreadsheet_id: sheet-1, sheet: Participations,
-                   credentials: "${{GOOGLE_CREDENTIALS}}", base_url: "{google.sheets_url}"{extra}}}
-        routes:
-          - {{from: qualifio, mapping: row, to: [sheet]}}
-        delivery: {{max_attempts: 4, backoff: {{initial: 50ms, max: 200ms}}, timeout: 2s}}
-        """,
-        {"row": ROW_MAPPING},
+    destination = (
+        "{type: google_sheets, spreadsheet_id: sheet-1, sheet: Participations, "
+        f'credentials: "${{GOOGLE_CREDENTIALS}}", base_url: "{google.sheets_url}"{extra}}}'
     )
+    return vendor_config(tmp_path, destination, ROW_MAPPING)
 
 
 # --- rows and columns, straight through the destination ------------------------------------------
@@ -278,7 +268,7 @@ def test_options_are_checked_with_their_line(tmp_path, google, monkeypatch):
     path = sheets_config(tmp_path, google, monkeypatch, batch_wait="soon", add_columns="maybe")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert "destinations.sheet.batch_wait" in str(caught.value)
+    assert "destinations.out.batch_wait" in str(caught.value)
     assert "expected a duration" in str(caught.value)
 
 
@@ -303,3 +293,14 @@ def test_a_spent_limit_holds_deliveries_back_without_spending_attempts(
     ]
     assert waiting["status"] == "pending"
     assert len(google.writes) == 2  # two appends (the first carried the header): the allowance
+
+
+def test_a_token_google_no_longer_accepts_is_replaced(tmp_path, google, monkeypatch, start_relay):
+    relay = start_relay(sheets_config(tmp_path, google, monkeypatch))
+    relay.post(participation(1))
+    assert relay.wait_settled() == ["delivered"]
+    google.tokens.clear()  # revoked on Google's side before its expiry
+    relay.post(participation(2))
+    assert relay.wait_settled() == ["delivered", "delivered"]
+    assert len(google.oauth.requests) == 2
+    assert len(google.sheet("sheet-1", "Participations")) == 3

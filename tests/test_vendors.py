@@ -14,7 +14,7 @@ import pytest
 from hookrelay.destinations import Context
 from hookrelay.destinations.mailchimp import Mailchimp
 from hookrelay.errors import ConfigError
-from tests.conftest import ROOT, SECRET, participation, write_config
+from tests.conftest import ROOT, participation, vendor_config
 from tests.fakes.vendors import (
     BREVO_KEY,
     MAILCHIMP_KEY,
@@ -40,28 +40,14 @@ def shipped(name: str) -> str:
 
 @pytest.fixture
 def vendor_relay(tmp_path, start_relay, monkeypatch):
-    """The relay with one destination `vendor`, fed by `mapping`; secrets from the environment."""
+    """Start the relay with one destination, fed by `mapping`; secrets from the environment."""
     monkeypatch.setenv("TRELLO_KEY", TRELLO_KEY)
     monkeypatch.setenv("TRELLO_TOKEN", TRELLO_TOKEN)
     monkeypatch.setenv("MAILCHIMP_API_KEY", MAILCHIMP_KEY)
     monkeypatch.setenv("BREVO_API_KEY", BREVO_KEY)
 
     def start(destination: str, mapping: str):
-        path = write_config(
-            tmp_path,
-            f"""
-            storage: ${{RELAY_TEST_STORAGE}}
-            sources:
-              qualifio: {{format: qualifio, auth: {{signature: {{secrets: ["{SECRET}"]}}}}}}
-            destinations:
-              vendor: {destination}
-            routes:
-              - {{from: qualifio, mapping: m, to: [vendor]}}
-            delivery: {{max_attempts: 4, backoff: {{initial: 50ms, max: 200ms}}, timeout: 2s}}
-            """,
-            {"m": mapping},
-        )
-        return start_relay(path)
+        return start_relay(vendor_config(tmp_path, destination, mapping))
 
     return start
 

@@ -73,12 +73,11 @@ class Brevo:
 
 
 def _list_ids(value: Any) -> list[int] | None:
-    """Whole numbers from a list (or one value); None when one is not a number."""
+    """Whole numbers (or digits as text) from a list or one value; None if one is anything else."""
     items = value if isinstance(value, list) else [value]
-    try:
-        ids = [int(v) for v in items if v not in (None, "")]
-    except (TypeError, ValueError):
-        return None
-    if any(isinstance(v, bool) or isinstance(v, float) and not v.is_integer() for v in items):
-        return None
-    return ids
+    if all(
+        isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and v.isdigit()
+        for v in items
+    ):
+        return [int(v) for v in items]
+    return None

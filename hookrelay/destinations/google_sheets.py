@@ -119,21 +119,27 @@ class GoogleSheets:
     ) -> Any:
         if write:
             self.limit.acquire()
-        return _http.request(
-            self.session,
-            method,
-            url,
-            timeout=self.timeout,
-            what=f"Google Sheets ({self.name})",
-            headers={"Authorization": f"Bearer {self._token()}"},
-            idempotent=idempotent,
-            hints={
-                403: f"Share the spreadsheet with {self.email} as Editor",
-                404: "Check `spreadsheet_id`: the sheet's address between /d/ and /edit",
-                **(hints or {}),
-            },
-            **kwargs,
-        )
+        try:
+            return _http.request(
+                self.session,
+                method,
+                url,
+                timeout=self.timeout,
+                what=f"Google Sheets ({self.name})",
+                headers={"Authorization": f"Bearer {self._token()}"},
+                idempotent=idempotent,
+                hints={
+                    403: f"Share the spreadsheet with {self.email} as Editor",
+                    404: "Check `spreadsheet_id`: the sheet's address between /d/ and /edit",
+                    **(hints or {}),
+                },
+                **kwargs,
+            )
+        except Permanent as exc:
+            if exc.status != 401:
+                raise
+            self.credentials.token = None  # revoked or expired early: fetch a new one next time
+            raise RetryLater(exc.message, status=401) from None
 
     def _token(self) -> str:
         """A valid access token, refreshed (under the lock: threads share it) when expired."""
