@@ -267,7 +267,8 @@ def test_healthz_readyz_and_metrics(tmp_path, sink, start_relay):
 def test_readyz_says_why_storage_is_not_ready(tmp_path, sink, start_relay, storage):
     if not storage.startswith("sqlite"):
         pytest.skip("PostgreSQL's readiness is tested by restarting the server (test_postgres)")
-    relay = start_relay(basic_config(tmp_path, sink.url))
+    # Without its worker: a polling worker would create the file again between unlink and mkdir.
+    relay = start_relay(basic_config(tmp_path, sink.url), worker=False)
     relay.relay.store.engine.dispose()
     (tmp_path / "relay.db").unlink()
     (tmp_path / "relay.db").mkdir()  # the database path is now a directory: SQLite cannot open it
