@@ -1,4 +1,4 @@
-"""The `relay` command: serve, worker, check, try, test, send, events, replay.
+"""The `relay` command: serve, worker, check, try, test, send, events, replay, purge, forget.
 
 Every RelayError becomes one line on stderr and exit 1; never a traceback for a user error.
 """
@@ -17,7 +17,7 @@ import requests
 
 from hookrelay import __version__
 from hookrelay.auth import sign
-from hookrelay.config import Config, default_config_path, load_config
+from hookrelay.config import Config, default_config_path, load_config, seconds
 from hookrelay.database import STATUSES
 from hookrelay.errors import InvalidConfig, RelayError, Skip
 from hookrelay.mapping_tests import run_tests
@@ -232,3 +232,51 @@ def replay(
         raise RelayError(f"no event with id {', '.join(sorted(unknown))}")
     n = store.replay(event_ids, dead=dead, destination=destination)
     click.echo(f"{n} deliveries scheduled again")
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    try:
+        return None if value is None else seconds(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    callback=_duration,
+    metavar="DURATION",
+    help="erase events whose deliveries all ended this long ago (default: retention_days)",
+)
+@config_option
+def purge(older_than: float | None, config_path: Path | None) -> None:
+    """Erase finished events now, as the worker does every hour; pending ones are kept."""
+    relay = Relay(_config(config_path))
+    if older_than is None:
+        older_than = relay.config.retention_days * 86400.0
+    before = dt.datetime.now() - dt.timedelta(seconds=older_than)
+    erased = relay.store.purge(before.timestamp())
+    click.echo(
+        f"{_erased(erased)}: every delivery of each had ended before "
+        f"{before.isoformat(' ', 'seconds')}; pending ones are kept"
+    )
+
+
+@main.command()
+@click.argument("email")
+@config_option
+def forget(email: str, config_path: Path | None) -> None:
+    """Erase every stored event that holds EMAIL, whatever its state."""
+    if "@" not in email:
+        raise RelayError("expected the participant's email address")
+    erased = Relay(_config(config_path)).store.forget(email)
+    click.echo(
+        f"{_erased(erased)}. Copies already delivered stay in the destinations "
+        "(sheets, Trello, Mailchimp, Brevo...): erase them there too."
+    )
+
+
+def _erased(count: int) -> str:
+    if count == 1:
+        return "1 event erased, with its deliveries and attempt log"
+    return f"{count} events erased, with their deliveries and attempt log"

@@ -142,6 +142,19 @@ def default_config_path() -> Path:
 
 # --- reading YAML with line numbers -------------------------------------------------------------
 
+
+def seconds(value: Any) -> float:
+    """Seconds from 10, 1.5, '500ms', '10s', '2m', '1h' or '30d'.
+
+    :raise ValueError: with a message that shows the expected form.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
+    if isinstance(value, bool) or not match:
+        raise ValueError(f"expected a duration such as 500ms, 10s, 2m, 1h or 30d, got {value!r}")
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+    return float(match.group(1)) * unit
+
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -253,14 +266,10 @@ class Document:
         return number
 
     def duration(self, value: Any, key: Key) -> float:
-        """Seconds from 10, 1.5, '500ms', '10s', '2m', '1h' or '30d'."""
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
-        if isinstance(value, bool) or not match:
-            raise self.error(
-                key, f"expected a duration such as 500ms, 10s, 2m or 1h, got {value!r}"
-            )
-        unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
-        return float(match.group(1)) * unit
+        try:
+            return seconds(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
 
     def string(self, value: Any, key: Key) -> str:
         if not isinstance(value, str | int | float) or isinstance(value, bool) or value == "":

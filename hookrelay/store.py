@@ -8,6 +8,7 @@ late answer from it cannot overwrite a newer claim's outcome.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -278,20 +279,28 @@ class Store:
                         updated_at=now,
                     )
                 ).rowcount
-            conn.execute(
-                attempts.insert(),
-                [
-                    dict(
-                        delivery_id=o.delivery.id,
-                        started_at=o.started_at,
-                        duration_ms=o.duration_ms,
-                        outcome=o.status,
-                        http_status=o.http_status,
-                        detail=o.detail,
+            # A late answer is logged too; an erased delivery (`relay forget`) has no log.
+            alive = set(
+                conn.execute(
+                    sa.select(deliveries.c.id).where(
+                        deliveries.c.id.in_([o.delivery.id for o in outcomes])
                     )
-                    for o in outcomes
-                ],
+                ).scalars()
             )
+            logged = [
+                dict(
+                    delivery_id=o.delivery.id,
+                    started_at=o.started_at,
+                    duration_ms=o.duration_ms,
+                    outcome=o.status,
+                    http_status=o.http_status,
+                    detail=o.detail,
+                )
+                for o in outcomes
+                if o.delivery.id in alive
+            ]
+            if logged:
+                conn.execute(attempts.insert(), logged)
         return kept
 
     def replay(
@@ -312,6 +321,51 @@ class Store:
                 .where(*where, deliveries.c.claimed_by.is_(None))
                 .values(status="pending", attempts=0, next_attempt_at=now, updated_at=now)
             ).rowcount
+
+    # --- retention and erasure -----------------------------------------------------------------
+
+    def purge(self, before: float, chunk: int = 500) -> int:
+        """Erase the events whose deliveries all ended before `before`, with their deliveries and
+        attempt log; returns how many. An event with a pending delivery is kept however old: a
+        participation is never lost before it is delivered. Done `chunk` events per transaction,
+        so ingest, which takes the same write lock, never waits long."""
+        unfinished = sa.exists().where(
+            deliveries.c.event_id == events.c.id,
+            sa.or_(deliveries.c.status == "pending", deliveries.c.updated_at >= before),
+        )
+        expired = sa.and_(events.c.received_at < before, ~unfinished)
+        erased = 0
+        while True:
+            with self._transaction() as conn:
+                ids = conn.execute(sa.select(events.c.id).where(expired).limit(chunk)).scalars()
+                found = list(ids)
+                if found:
+                    erased += conn.execute(
+                        events.delete().where(events.c.id.in_(found), expired)
+                    ).rowcount
+            if len(found) < chunk:
+                return erased
+
+    def forget(self, email: str) -> int:
+        """Erase every event with `email` as one of its values (in any case), with its
+        deliveries and attempt log; returns how many.
+
+        Only whole values match: forgetting jane@example.com keeps mary.jane@example.com. When the
+        address is plain ASCII it appears as such in the JSON text, and the database finds the
+        candidates; otherwise (it may be stored as \\u escapes) every payload is read.
+        """
+        wanted = email.strip().casefold()
+        query = sa.select(events.c.id, events.c.payload)
+        if wanted.isascii() and wanted.isprintable() and not set('"\\/') & set(wanted):
+            query = query.where(sa.func.lower(events.c.payload).contains(wanted, autoescape=True))
+        with self.engine.connect() as conn:
+            rows = conn.execution_options(yield_per=500).execute(query)
+            found = [i for i, payload in rows if _holds(json.loads(payload), wanted)]
+        with self._transaction() as conn:
+            for start in range(0, len(found), MAX_ROWS):
+                chunk = found[start : start + MAX_ROWS]
+                conn.execute(events.delete().where(events.c.id.in_(chunk)))
+        return len(found)
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -377,3 +431,14 @@ class Store:
                 )
             )
             return {(d, s): n for d, s, n in rows}
+
+
+def _holds(value: Any, wanted: str) -> bool:
+    """Whether `wanted` (case-folded) is one of the string values anywhere in `value`."""
+    if isinstance(value, str):
+        return value.strip().casefold() == wanted
+    if isinstance(value, dict):
+        return any(_holds(v, wanted) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds(v, wanted) for v in value)
+    return False

@@ -3,7 +3,7 @@
 Each thread claims at most one destination batch at a time, so a claim's lease only has to cover
 filling it (`batch_wait`) and one send. Outcomes: delivered; skipped (the mapping's `when`, or a
 required field missing); pending again after a backoff (RetryLater); dead (Permanent, or
-max_attempts reached), replayable.
+max_attempts reached), replayable. One more thread erases what `retention_days` no longer keeps.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from hookrelay.runtime import Relay
 
 logger = logging.getLogger(__name__)
+PURGE_EVERY = 3600.0  # seconds between two retention purges
 
 
 def backoff(
@@ -58,6 +59,7 @@ class Worker:
             threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
             for i in range(self.threads)
         ]
+        self._running.append(threading.Thread(target=self._purge, name="retention", daemon=True))
         for thread in self._running:
             thread.start()
 
@@ -91,6 +93,20 @@ class Worker:
             if not done:
                 self._wakeup.wait(self.idle())
                 self._wakeup.clear()
+
+    def _purge(self) -> None:
+        """Erase what `retention_days` no longer keeps: at start, then every hour."""
+        while True:
+            days = self.relay.config.retention_days
+            try:
+                erased = self.relay.store.purge(time.time() - days * 86400)
+            except SQLAlchemyError as exc:
+                logger.error("storage unavailable for the purge (%s)", type(exc).__name__)
+            else:
+                if erased:
+                    logger.info("finished events erased: %d (retention_days: %d)", erased, days)
+            if self._stopping.wait(PURGE_EVERY):
+                return
 
     def idle(self) -> float:
         """Seconds between polls when nothing is due: no longer than the shortest backoff."""
