@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hookrelay.config import Document
+from hookrelay.document import Document
 from hookrelay.errors import Skip
 from hookrelay.mapping import Mapping, load_mapping
 from hookrelay.sources import normalise

@@ -12,15 +12,61 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.datastructures import Authorization, Headers
 
-from hookrelay.config import Auth
 from hookrelay.errors import Forbidden, Unauthorized
+
+if TYPE_CHECKING:
+    from hookrelay.document import Document, Key
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Qualifio-Signature"
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Every configured check must pass; an empty Auth accepts everything."""
+
+    header: tuple[str, str] | None = None
+    basic: tuple[str, str] | None = None
+    signature_secrets: tuple[str, ...] = ()
+    allow_ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+def load_auth(doc: Document, value: Any, key: Key) -> Auth:
+    """A source's `auth:` section."""
+    spec = doc.table(value, key, ("header", "basic", "signature", "allow_ips"))
+    header = basic = None
+    if "header" in spec:
+        h = doc.table(spec["header"], key + ("header",), ("name", "value"))
+        header = (
+            doc.string(h.get("name"), key + ("header", "name")),
+            doc.string(h.get("value"), key + ("header", "value")),
+        )
+    if "basic" in spec:
+        b = doc.table(spec["basic"], key + ("basic",), ("username", "password"))
+        basic = (
+            doc.string(b.get("username"), key + ("basic", "username")),
+            doc.string(b.get("password"), key + ("basic", "password")),
+        )
+    secrets: tuple[str, ...] = ()
+    if "signature" in spec:
+        s = doc.table(spec["signature"], key + ("signature",), ("secrets",))
+        secrets = doc.strings(s.get("secrets"), key + ("signature", "secrets"))
+    networks = []
+    for i, raw in enumerate(spec.get("allow_ips") or []):
+        try:
+            networks.append(ipaddress.ip_network(str(raw), strict=False))
+        except ValueError:
+            raise doc.error(
+                key + ("allow_ips", i),
+                f"expected an address or network such as 203.0.113.0/24, got {raw!r}",
+            ) from None
+    return Auth(header, basic, secrets, tuple(networks))
 
 
 def check_address(auth: Auth, address: str | None, source: str) -> None:

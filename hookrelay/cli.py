@@ -17,8 +17,9 @@ import requests
 
 from hookrelay import __version__
 from hookrelay.auth import sign
-from hookrelay.config import Config, default_config_path, load_config, seconds
+from hookrelay.config import Config, default_config_path, load_config
 from hookrelay.database import STATUSES
+from hookrelay.document import seconds
 from hookrelay.errors import InvalidConfig, RelayError, Skip
 from hookrelay.mapping_tests import run_tests
 from hookrelay.runtime import Relay, configure_logging

@@ -1,31 +1,22 @@
 """Read config.yaml and mappings/*.yaml into frozen objects the rest of the relay trusts.
 
-This is the only module that reads YAML. It expands ${VAR} and ${VAR:-default}, validates every key
-and keeps PyYAML's marks, so each error names the file, the line and the key. Secrets are never
-echoed back in an error.
+Every key is validated and every problem found in one pass, each naming the file, the line and the
+key. hookrelay.document reads the YAML; sources, destinations and mappings each read their own
+section in their own module, this one the settings, the delivery policy and the routes.
 """
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
-import yaml
-
+from hookrelay.document import Document, Key, attempt
 from hookrelay.errors import ConfigError, InvalidConfig
-
-if TYPE_CHECKING:
-    from hookrelay.expressions import Expression
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Key = tuple[str | int, ...]
-T = TypeVar("T")
+from hookrelay.sources import Source, load_source
 
 
 class Setting(NamedTuple):
@@ -48,7 +39,7 @@ SETTINGS = (
     Setting(
         "storage_timeout", "10s", "ingest answers 503 (Qualifio retries) when a commit takes longer"
     ),
-    Setting("retention_days", 30, "stored payloads are kept this long after their last delivery"),
+    Setting("retention_days", 30, "days an event is kept once all its deliveries have ended"),
     Setting("sources", {}, "where participations come from: POST /hooks/<name>"),
     Setting("destinations", {}, "where mapped records go"),
     Setting("routes", [], "which mapping sends which source to which destinations"),
@@ -73,24 +64,6 @@ class Policy:
     backoff_max: float = 3600.0
     timeout: float = 10.0
     lease: float = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    """Every configured check must pass; an empty Auth accepts everything."""
-
-    header: tuple[str, str] | None = None
-    basic: tuple[str, str] | None = None
-    signature_secrets: tuple[str, ...] = ()
-    allow_ips: tuple[Network, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    name: str
-    format: Literal["qualifio", "json"]
-    auth: Auth
-    dedupe: Expression | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,155 +113,6 @@ def default_config_path() -> Path:
     return Path(os.environ.get("RELAY_CONFIG", "config.yaml"))
 
 
-# --- reading YAML with line numbers -------------------------------------------------------------
-
-
-def seconds(value: Any) -> float:
-    """Seconds from 10, 1.5, '500ms', '10s', '2m', '1h' or '30d'.
-
-    :raise ValueError: with a message that shows the expected form.
-    """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
-    if isinstance(value, bool) or not match:
-        raise ValueError(f"expected a duration such as 500ms, 10s, 2m, 1h or 30d, got {value!r}")
-    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
-    return float(match.group(1)) * unit
-
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class Document:
-    """One YAML file: its data (with ${VAR} expanded) and the line of every key."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read the file ({exc.strerror})", path) from None
-        loader = yaml.SafeLoader(text)
-        try:
-            node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else {}
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else None
-            raise ConfigError(f"invalid YAML: {exc.problem or exc.context}", path, line) from None
-        finally:
-            loader.dispose()
-        self.lines: dict[Key, int] = {}
-        self._from_env: dict[str, str] = {}  # value -> the variable it came from
-        if node is not None:
-            self._index(node, ())
-        self.data = self._expand(data, ())
-
-    def _index(self, node: yaml.Node, key: Key) -> None:
-        self.lines[key] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                self.lines[key + (k.value,)] = k.start_mark.line + 1
-                self._index(v, key + (k.value,))
-                self.lines[key + (k.value,)] = k.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                self._index(v, key + (i,))
-
-    def _expand(self, value: Any, key: Key) -> Any:
-        if isinstance(value, dict):
-            return {k: self._expand(v, key + (k,)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._expand(v, key + (i,)) for i, v in enumerate(value)]
-        if isinstance(value, str) and "${" in value:
-            return _VAR.sub(lambda m: self._lookup(m, key), value)
-        return value
-
-    def _lookup(self, match: re.Match[str], key: Key) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if value is None or (value == "" and default is not None):
-            if default is None:
-                raise self.error(
-                    key,
-                    f"environment variable {name} is not set; set it, or write "
-                    f"${{{name}:-default}} to give a default",
-                )
-            return default
-        if len(value) >= 3:
-            self._from_env[value] = name
-        return value
-
-    def error(self, key: Key, message: str) -> ConfigError:
-        """A ConfigError pointing at `key` (or its nearest parent that has a line)."""
-        probe = key
-        while probe and probe not in self.lines:
-            probe = probe[:-1]
-        dotted = ".".join(str(k) for k in key) or None
-        for value, name in self._from_env.items():  # it may be a secret: never echo it
-            message = message.replace(value, f"${{{name}}}")
-        return ConfigError(message, self.path, self.lines.get(probe), dotted)
-
-    # Small typed getters: each raises a located ConfigError, so callers stay one line.
-
-    def table(self, value: Any, key: Key, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
-        """`value` as a mapping; with `allowed`, an unknown key is an error saying what is known."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.error(key, f"expected a mapping of keys, got {type(value).__name__}")
-        unknown = self.unknown_keys(value, key, allowed) if allowed is not None else []
-        if unknown:
-            raise unknown[0]
-        return value
-
-    def unknown_keys(
-        self, value: dict[str, Any], key: Key, allowed: tuple[str, ...]
-    ) -> list[ConfigError]:
-        problems = []
-        for k in value:
-            if k not in allowed:
-                hint = difflib.get_close_matches(str(k), allowed, n=1)
-                also = f"did you mean {hint[0]!r}? " if hint else ""
-                problems.append(
-                    self.error(
-                        key + (k,), f"unknown key {k!r}; {also}expected one of {', '.join(allowed)}"
-                    )
-                )
-        return problems
-
-    def integer(self, value: Any, key: Key, minimum: int = 0) -> int:
-        try:
-            number = int(value)
-            if isinstance(value, bool) or number < minimum or str(number) != str(value).strip():
-                raise ValueError
-        except (TypeError, ValueError):
-            raise self.error(key, f"expected a whole number >= {minimum}, got {value!r}") from None
-        return number
-
-    def duration(self, value: Any, key: Key) -> float:
-        try:
-            return seconds(value)
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
-
-    def string(self, value: Any, key: Key) -> str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool) or value == "":
-            raise self.error(key, "expected a non-empty text value")
-        return str(value)
-
-    def strings(self, value: Any, key: Key) -> tuple[str, ...]:
-        items = value if isinstance(value, list) else [value]
-        return tuple(self.string(v, key + (i,)) for i, v in enumerate(items))
-
-    def expression(self, value: Any, key: Key) -> Expression:
-        from hookrelay.expressions import compile_expression
-
-        return compile_expression(self, self.string(value, key), key)
-
-
-# --- config.yaml --------------------------------------------------------------------------------
-
-
 def load_config(path: Path | str) -> Config:
     """Read and validate config.yaml and every mapping in mappings/ beside it.
 
@@ -301,34 +125,25 @@ def load_config(path: Path | str) -> Config:
     data = doc.data if isinstance(doc.data, dict) else {}
     problems += doc.unknown_keys(data, (), tuple(s.name for s in SETTINGS))
     base = attempt(problems, Policy(), _policy, doc, data.get("delivery"), ("delivery",), Policy())
-    declared_sources: dict[str, Any] = attempt(
-        problems, {}, _named, doc, data.get("sources"), ("sources",)
+    declared: dict[str, dict[str, Any]] = {
+        section: attempt(problems, {}, _named, doc, data.get(section), (section,))
+        for section in ("sources", "destinations")
+    }
+    sources = _each(problems, load_source, {n: (doc, n, s) for n, s in declared["sources"].items()})
+    built = _each(
+        problems,
+        _destination,
+        {n: (doc, n, s, base, path.parent) for n, s in declared["destinations"].items()},
     )
-    sources: dict[str, Source] = {}
-    for name, spec in declared_sources.items():
-        source = attempt(problems, None, _source, doc, name, spec)
-        if source is not None:
-            sources[name] = source
-    declared: dict[str, Any] = attempt(
-        problems, {}, _named, doc, data.get("destinations"), ("destinations",)
-    )
-    destinations, policies = {}, {}
-    for name, spec in declared.items():
-        built = attempt(problems, None, _destination, doc, name, spec, base, path.parent)
-        if built is not None:
-            destinations[name], policies[name] = built
-    mappings = {}
-    for mapping_path in sorted((path.parent / "mappings").glob("*.yaml")):
-        mapping = attempt(problems, None, _mapping, mapping_path)
-        if mapping is not None:
-            mappings[mapping_path.stem] = mapping
-    routes = _routes(
+    mapping_dir = path.parent / "mappings"
+    mappings = _each(problems, _mapping, {p.stem: (p,) for p in sorted(mapping_dir.glob("*.yaml"))})
+    routes = _routes(  # checked against every declared name, built or not
         doc,
         data.get("routes"),
-        set(declared_sources),
-        set(declared),
+        set(declared["sources"]),
+        set(declared["destinations"]),
         problems,
-        path.parent / "mappings",
+        mapping_dir,
     )
     settings: dict[str, Any] = attempt(problems, {}, _settings, doc, data, path.parent)
     if problems:
@@ -337,23 +152,20 @@ def load_config(path: Path | str) -> Config:
         fingerprint=seen,
         path=path,
         sources=sources,
-        destinations=destinations,
-        policies=policies,
+        destinations={name: destination for name, (destination, _) in built.items()},
+        policies={name: policy for name, (_, policy) in built.items()},
         mappings=mappings,
         routes=routes,
         **settings,
     )
 
 
-def attempt(problems: list[ConfigError], default: T, build: Callable[..., T], *args: Any) -> T:
-    """`build(*args)`, or `default` with its ConfigError added to `problems`: one pass finds all."""
-    try:
-        return build(*args)
-    except InvalidConfig as exc:
-        problems += exc.problems
-    except ConfigError as exc:
-        problems.append(exc)
-    return default
+def _each(
+    problems: list[ConfigError], build: Callable[..., Any], args: dict[str, tuple[Any, ...]]
+) -> dict[str, Any]:
+    """`build(*args)` for each name; a name whose build failed is left out, its problems kept."""
+    built = {name: attempt(problems, None, build, *a) for name, a in args.items()}
+    return {name: result for name, result in built.items() if result is not None}
 
 
 def _destination(
@@ -415,47 +227,6 @@ def _policy(doc: Document, value: Any, key: Key, base: Policy) -> Policy:
         timeout=doc.duration(spec.get("timeout", base.timeout), key + ("timeout",)),
         lease=doc.duration(spec.get("lease", base.lease), key + ("lease",)),
     )
-
-
-def _source(doc: Document, name: str, spec: Any) -> Source:
-    key = ("sources", name)
-    spec = doc.table(spec, key, ("format", "auth", "dedupe"))
-    fmt = spec.get("format", "json")
-    if fmt not in ("qualifio", "json"):
-        raise doc.error(key + ("format",), f"unknown format {fmt!r}; expected qualifio or json")
-    dedupe = doc.expression(spec["dedupe"], key + ("dedupe",)) if "dedupe" in spec else None
-    return Source(name, fmt, _auth(doc, spec.get("auth"), key + ("auth",)), dedupe)
-
-
-def _auth(doc: Document, value: Any, key: Key) -> Auth:
-    spec = doc.table(value, key, ("header", "basic", "signature", "allow_ips"))
-    header = basic = None
-    if "header" in spec:
-        h = doc.table(spec["header"], key + ("header",), ("name", "value"))
-        header = (
-            doc.string(h.get("name"), key + ("header", "name")),
-            doc.string(h.get("value"), key + ("header", "value")),
-        )
-    if "basic" in spec:
-        b = doc.table(spec["basic"], key + ("basic",), ("username", "password"))
-        basic = (
-            doc.string(b.get("username"), key + ("basic", "username")),
-            doc.string(b.get("password"), key + ("basic", "password")),
-        )
-    secrets: tuple[str, ...] = ()
-    if "signature" in spec:
-        s = doc.table(spec["signature"], key + ("signature",), ("secrets",))
-        secrets = doc.strings(s.get("secrets"), key + ("signature", "secrets"))
-    networks = []
-    for i, raw in enumerate(spec.get("allow_ips") or []):
-        try:
-            networks.append(ipaddress.ip_network(str(raw), strict=False))
-        except ValueError:
-            raise doc.error(
-                key + ("allow_ips", i),
-                f"expected an address or network such as 203.0.113.0/24, got {raw!r}",
-            ) from None
-    return Auth(header, basic, secrets, tuple(networks))
 
 
 def _routes(

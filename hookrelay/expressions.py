@@ -22,7 +22,7 @@ from hookrelay.errors import Permanent
 from hookrelay.functions import Functions
 
 if TYPE_CHECKING:
-    from hookrelay.config import Document, Key
+    from hookrelay.document import Document, Key
 
 FUNCTIONS = Functions()
 OPTIONS = jmespath.Options(custom_functions=FUNCTIONS)

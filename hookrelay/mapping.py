@@ -15,7 +15,7 @@ from hookrelay.errors import ConfigError, InvalidConfig, Permanent, Skip
 from hookrelay.expressions import Expression, truthy
 
 if TYPE_CHECKING:
-    from hookrelay.config import Document, Key
+    from hookrelay.document import Document, Key
 
 Tree = dict[str, "Expression | Tree"]
 
@@ -93,7 +93,7 @@ class Mapping:
 
 def load_mapping(doc: Document, name: str) -> Mapping:
     """Validate and compile one mappings/<name>.yaml; every problem in it is reported at once."""
-    from hookrelay.config import attempt
+    from hookrelay.document import attempt
 
     problems: list[ConfigError] = []
     data = doc.data if isinstance(doc.data, dict) else {}
@@ -143,7 +143,7 @@ def _when(doc: Document, data: dict[str, Any]) -> Expression | None:
 
 def _tree(doc: Document, value: Any, key: Key, problems: list[ConfigError]) -> Tree:
     """Compile every field; a bad one is reported and the others are still checked."""
-    from hookrelay.config import attempt
+    from hookrelay.document import attempt
 
     if not isinstance(value, dict) or not value:
         raise doc.error(key, "expected output fields as name: expression (nested names nest)")

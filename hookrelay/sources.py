@@ -11,12 +11,35 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from hookrelay.config import Source
+from hookrelay.auth import Auth, load_auth
 from hookrelay.errors import BadRequest, Permanent
 
+if TYPE_CHECKING:
+    from hookrelay.document import Document
+    from hookrelay.expressions import Expression
+
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    name: str
+    format: Literal["qualifio", "json"]
+    auth: Auth
+    dedupe: Expression | None = None
+
+
+def load_source(doc: Document, name: str, spec: Any) -> Source:
+    """One entry of config.yaml's `sources:`."""
+    key = ("sources", name)
+    spec = doc.table(spec, key, ("format", "auth", "dedupe"))
+    fmt = spec.get("format", "json")
+    if fmt not in ("qualifio", "json"):
+        raise doc.error(key + ("format",), f"unknown format {fmt!r}; expected qualifio or json")
+    dedupe = doc.expression(spec["dedupe"], key + ("dedupe",)) if "dedupe" in spec else None
+    return Source(name, fmt, load_auth(doc, spec.get("auth"), key + ("auth",)), dedupe)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import json
 import jmespath
 import pytest
 
-from hookrelay.config import Document
+from hookrelay.document import Document
 from hookrelay.errors import Permanent, Skip
 from hookrelay.expressions import OPTIONS, compile_expression
 from hookrelay.functions import Functions

@@ -19,7 +19,7 @@ from hookrelay.errors import ConfigError
 from hookrelay.limits import RateLimit
 
 if TYPE_CHECKING:
-    from hookrelay.config import Document, Key
+    from hookrelay.document import Document, Key
 
 
 @dataclass(frozen=True, slots=True)
