@@ -15,7 +15,7 @@ from typing import Any
 import click
 import requests
 
-from hookrelay import __version__
+from hookrelay import __version__, history, retention
 from hookrelay.auth import sign
 from hookrelay.config import Config, default_config_path, load_config
 from hookrelay.database import STATUSES
@@ -206,7 +206,7 @@ def send(payload: Path, source: str, url: str | None, config_path: Path | None) 
 def events(status: str | None, limit: int, config_path: Path | None) -> None:
     """List recent events and the state of each delivery (no personal data)."""
     store = Relay(_config(config_path)).store
-    for event in store.list_events(status, limit):  # type: ignore[arg-type]
+    for event in history.list_events(store, status, limit):  # type: ignore[arg-type]
         when = dt.datetime.fromtimestamp(event["received_at"]).isoformat(" ", "seconds")
         click.echo(f"{event['id']}  {when}  {event['source']}")
         for d in event["deliveries"]:
@@ -228,7 +228,7 @@ def replay(
     if bool(event_ids) == dead:
         raise RelayError("give event ids, or --dead (not both)")
     store = Relay(_config(config_path)).store
-    unknown = set(event_ids) - store.known_events(event_ids)
+    unknown = set(event_ids) - history.known_events(store, event_ids)
     if unknown:
         raise RelayError(f"no event with id {', '.join(sorted(unknown))}")
     n = store.replay(event_ids, dead=dead, destination=destination)
@@ -256,7 +256,7 @@ def purge(older_than: float | None, config_path: Path | None) -> None:
     if older_than is None:
         older_than = relay.config.retention_days * 86400.0
     before = dt.datetime.now() - dt.timedelta(seconds=older_than)
-    erased = relay.store.purge(before.timestamp())
+    erased = retention.purge(relay.store, before.timestamp())
     click.echo(
         f"{_erased(erased)}: every delivery of each had ended before "
         f"{before.isoformat(' ', 'seconds')}; pending ones are kept"
@@ -270,7 +270,7 @@ def forget(email: str, config_path: Path | None) -> None:
     """Erase every stored event that holds EMAIL, whatever its state."""
     if "@" not in email:
         raise RelayError("expected the participant's email address")
-    erased = Relay(_config(config_path)).store.forget(email)
+    erased = retention.forget(Relay(_config(config_path)).store, email)
     click.echo(
         f"{_erased(erased)}. Copies already delivered stay in the destinations "
         "(sheets, Trello, Mailchimp, Brevo...): erase them there too."

@@ -69,6 +69,7 @@ schema_version = sa.Table(
     "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
 SCHEMA_VERSION = 1  # a change to the tables adds a step from the previous version here
+MAX_ROWS = 1000  # rows per INSERT: 8,000 parameters, under SQLite's 32,766
 SCHEMA_LOCK = 0x686F6F6B  # "hook": the advisory lock id schema changes take on PostgreSQL
 
 
@@ -95,6 +96,27 @@ def create_schema(conn: Connection) -> None:
         )
 
 
+def insert_rows(
+    conn: Connection,
+    table: str,
+    columns: str,
+    rows: list[tuple[Any, ...]],
+    conflict: str | None = None,
+) -> int:
+    """Multi-row INSERT (ON CONFLICT DO NOTHING when `conflict` names the unique columns);
+    returns how many rows went in. Written in the driver's own parameter style."""
+    count = 0
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    one = "(" + ", ".join([mark] * (columns.count(",") + 1)) + ")"
+    for start in range(0, len(rows), MAX_ROWS):
+        chunk = rows[start : start + MAX_ROWS]
+        sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))}"
+        if conflict:
+            sql += f" ON CONFLICT ({conflict}) DO NOTHING"
+        count += conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)).rowcount
+    return count
+
+
 def engine(url: str, timeout: float) -> Engine:
     """The engine for a storage URL; `timeout` is how long SQLite waits for its lock."""
     if url.startswith("postgres://"):  # Heroku's spelling
@@ -113,7 +135,7 @@ def engine(url: str, timeout: float) -> Engine:
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets reads go on while ingest writes; synchronous=FULL fsyncs every commit, so a 2xx
     # survives power loss. The driver's own transaction handling is off: reads run in
-    # autocommit, and writes BEGIN IMMEDIATE (Store._transaction), so no transaction ever has to
+    # autocommit, and writes BEGIN IMMEDIATE (Store.transaction), so no transaction ever has to
     # upgrade a read lock, which fails at once under contention.
     dbapi_conn.isolation_level = None
     for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):

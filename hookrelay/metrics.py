@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from hookrelay import history
+
 if TYPE_CHECKING:
     from hookrelay.store import Store
 
@@ -36,7 +38,7 @@ class StoreCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = self.store.counts()
+        counts = history.counts(self.store)
         states = GaugeMetricFamily(
             "hookrelay_deliveries",
             "Deliveries stored, by destination and status",

@@ -3,31 +3,37 @@
 A 2xx means "stored durably", so ingest commits before it answers, many requests sharing one
 commit (see hookrelay.commit). Claims mark deliveries with a claim token and push
 `next_attempt_at` one lease ahead: a worker that dies loses its claim when the lease ends, and a
-late answer from it cannot overwrite a newer claim's outcome.
+late answer from it cannot overwrite a newer claim's outcome. What was stored is read through
+hookrelay.history, and erased through hookrelay.retention.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from hookrelay.commit import FileLock, GroupCommit, write_lock
-from hookrelay.database import Status, attempts, create_schema, deliveries, engine, events
+from hookrelay.database import (
+    Status,
+    attempts,
+    create_schema,
+    deliveries,
+    engine,
+    events,
+    insert_rows,
+)
 from hookrelay.sources import Incoming
 
 EVENT_COLUMNS = "id, source, format, dedupe_key, payload, received_at"
 DELIVERY_COLUMNS = (
     "id, event_id, mapping, destination, status, attempts, next_attempt_at, updated_at"
 )
-MAX_ROWS = 1000  # rows per INSERT: 8,000 parameters, under SQLite's 32,766
 
 Job = tuple[str, str, Sequence[Incoming], Sequence[tuple[str, str]]]
 
@@ -68,6 +74,14 @@ class Outcome:
     is_attempt: bool = True  # False for a skip decided before anything was sent
 
 
+#: A claimed Delivery's columns, in the order of its fields.
+CLAIMED = [
+    *(deliveries.c[c] for c in ("id", "event_id", "mapping", "destination", "attempts")),
+    deliveries.c.claimed_by,
+    *(events.c[c] for c in ("source", "format", "payload", "received_at")),
+]
+
+
 def new_id() -> str:
     """32 hex digits: milliseconds since the epoch, then 80 random bits.
 
@@ -87,7 +101,6 @@ class Store:
         self.engine = engine(url, timeout)
         self.clock = clock
         self.dialect = self.engine.dialect.name
-        self._placeholder = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         self._write_lock = write_lock(url)
         self._writer = GroupCommit(self._write_batch, timeout)
         try:
@@ -97,7 +110,7 @@ class Store:
             raise
 
     def create_schema(self) -> None:
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             create_schema(conn)
 
     def close(self) -> None:
@@ -140,17 +153,15 @@ class Store:
                     new_deliveries += [
                         (new_id(), event_id, m, d, "pending", 0, now, now) for m, d in targets
                     ]
-        with self._transaction() as conn:
-            inserted = self._insert_rows(
-                conn, "events", EVENT_COLUMNS, new_events, "source, dedupe_key"
-            )
+        with self.transaction() as conn:
+            inserted = insert_rows(conn, "events", EVENT_COLUMNS, new_events, "source, dedupe_key")
             existing: dict[tuple[str, str], str] = {}
             if inserted < len(new_events):  # some were stored before: find the first ids
                 existing = self._existing(conn, list(first))
                 stored_here = {i for key, i in first.items() if existing.get(key) == i}
                 existing = {k: i for k, i in existing.items() if i != first[k]}
                 new_deliveries = [d for d in new_deliveries if d[1] in stored_here]
-            self._insert_rows(conn, "deliveries", DELIVERY_COLUMNS, new_deliveries)
+            insert_rows(conn, "deliveries", DELIVERY_COLUMNS, new_deliveries)
         return self._answers(jobs, first, existing)
 
     @staticmethod
@@ -169,26 +180,6 @@ class Store:
             results.append(stored)
         return results
 
-    def _insert_rows(
-        self,
-        conn: Connection,
-        table: str,
-        columns: str,
-        rows: list[tuple[Any, ...]],
-        conflict: str | None = None,
-    ) -> int:
-        """Multi-row INSERT (ON CONFLICT DO NOTHING when `conflict` names the unique columns);
-        returns how many rows went in."""
-        count = 0
-        one = "(" + ", ".join([self._placeholder] * (columns.count(",") + 1)) + ")"
-        for start in range(0, len(rows), MAX_ROWS):
-            chunk = rows[start : start + MAX_ROWS]
-            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(chunk))}"
-            if conflict:
-                sql += f" ON CONFLICT ({conflict}) DO NOTHING"
-            count += conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row)).rowcount
-        return count
-
     @staticmethod
     def _existing(conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The stored event id of each (source, dedupe key) in `keys`."""
@@ -201,7 +192,7 @@ class Store:
         return {(s, k): i for s, k, i in found if (s, k) in wanted}
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
         """A write transaction. On SQLite, writers of every process first queue on a file lock,
         woken by the kernel the moment it is free, rather than sleeping in SQLite's busy handler;
         BEGIN IMMEDIATE then takes SQLite's write lock at once, with nothing to upgrade."""
@@ -226,7 +217,7 @@ class Store:
         )
         if destinations is not None:
             due = due.where(deliveries.c.destination.in_(list(destinations)))
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             claimed = conn.execute(
                 deliveries.update()
                 .where(deliveries.c.id.in_(due.scalar_subquery()))
@@ -235,36 +226,16 @@ class Store:
             if not claimed:
                 return []
             rows = conn.execute(
-                sa.select(
-                    deliveries,
-                    events.c.source,
-                    events.c.format,
-                    events.c.payload,
-                    events.c.received_at,
-                )
-                .join(events, events.c.id == deliveries.c.event_id)
+                sa.select(*CLAIMED)
+                .join_from(deliveries, events, events.c.id == deliveries.c.event_id)
                 .where(deliveries.c.claimed_by == claim)
-            ).mappings()
-            return [
-                Delivery(
-                    r["id"],
-                    r["event_id"],
-                    r["mapping"],
-                    r["destination"],
-                    r["attempts"],
-                    claim,
-                    r["source"],
-                    r["format"],
-                    r["payload"],
-                    r["received_at"],
-                )
-                for r in rows
-            ]
+            )
+            return [Delivery(*row) for row in rows]
 
     def record(self, outcomes: Sequence[Outcome]) -> int:
         """Record outcomes in one transaction; returns how many still held their claim."""
         now, kept = self.clock(), 0
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             for o in outcomes:
                 d = o.delivery
                 kept += conn.execute(
@@ -315,130 +286,9 @@ class Store:
         if destination:
             where.append(deliveries.c.destination == destination)
         now = self.clock()
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             return conn.execute(
                 deliveries.update()
                 .where(*where, deliveries.c.claimed_by.is_(None))
                 .values(status="pending", attempts=0, next_attempt_at=now, updated_at=now)
             ).rowcount
-
-    # --- retention and erasure -----------------------------------------------------------------
-
-    def purge(self, before: float, chunk: int = 500) -> int:
-        """Erase the events whose deliveries all ended before `before`, with their deliveries and
-        attempt log; returns how many. An event with a pending delivery is kept however old: a
-        participation is never lost before it is delivered. Done `chunk` events per transaction,
-        so ingest, which takes the same write lock, never waits long."""
-        unfinished = sa.exists().where(
-            deliveries.c.event_id == events.c.id,
-            sa.or_(deliveries.c.status == "pending", deliveries.c.updated_at >= before),
-        )
-        expired = sa.and_(events.c.received_at < before, ~unfinished)
-        erased = 0
-        while True:
-            with self._transaction() as conn:
-                ids = conn.execute(sa.select(events.c.id).where(expired).limit(chunk)).scalars()
-                found = list(ids)
-                if found:
-                    erased += conn.execute(
-                        events.delete().where(events.c.id.in_(found), expired)
-                    ).rowcount
-            if len(found) < chunk:
-                return erased
-
-    def forget(self, email: str) -> int:
-        """Erase every event with `email` as one of its values (in any case), with its
-        deliveries and attempt log; returns how many.
-
-        Only whole values match: forgetting jane@example.com keeps mary.jane@example.com. When the
-        address is plain ASCII it appears as such in the JSON text, and the database finds the
-        candidates; otherwise (it may be stored as \\u escapes) every payload is read.
-        """
-        wanted = email.strip().casefold()
-        query = sa.select(events.c.id, events.c.payload)
-        if wanted.isascii() and wanted.isprintable() and not set('"\\/') & set(wanted):
-            query = query.where(sa.func.lower(events.c.payload).contains(wanted, autoescape=True))
-        with self.engine.connect() as conn:
-            rows = conn.execution_options(yield_per=500).execute(query)
-            found = [i for i, payload in rows if _holds(json.loads(payload), wanted)]
-        with self._transaction() as conn:
-            for start in range(0, len(found), MAX_ROWS):
-                chunk = found[start : start + MAX_ROWS]
-                conn.execute(events.delete().where(events.c.id.in_(chunk)))
-        return len(found)
-
-    # --- reading --------------------------------------------------------------------------------
-
-    def list_events(self, status: Status | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Newest events first, each with its deliveries (ids, names and states only)."""
-        query = sa.select(events.c.id, events.c.source, events.c.received_at)
-        if status:
-            query = query.where(
-                events.c.id.in_(
-                    sa.select(deliveries.c.event_id).where(deliveries.c.status == status)
-                )
-            )
-        query = query.order_by(events.c.received_at.desc()).limit(limit)
-        with self.engine.connect() as conn:
-            found = [dict(r) for r in conn.execute(query).mappings()]
-            rows = (
-                conn.execute(
-                    sa.select(
-                        deliveries.c.id,
-                        deliveries.c.event_id,
-                        deliveries.c.mapping,
-                        deliveries.c.destination,
-                        deliveries.c.status,
-                        deliveries.c.attempts,
-                        deliveries.c.last_error,
-                    )
-                    .where(deliveries.c.event_id.in_([e["id"] for e in found]))
-                    .order_by(deliveries.c.destination)
-                )
-                .mappings()
-                .all()
-            )
-        by_event: dict[str, list[dict[str, Any]]] = {e["id"]: [] for e in found}
-        for row in rows:
-            by_event[row["event_id"]].append(dict(row))
-        for event in found:
-            event["deliveries"] = by_event[event["id"]]
-        return found
-
-    def known_events(self, event_ids: Sequence[str]) -> set[str]:
-        with self.engine.connect() as conn:
-            return set(
-                conn.execute(sa.select(events.c.id).where(events.c.id.in_(event_ids))).scalars()
-            )
-
-    def attempts_of(self, delivery_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            return [
-                dict(r)
-                for r in conn.execute(
-                    sa.select(attempts)
-                    .where(attempts.c.delivery_id == delivery_id)
-                    .order_by(attempts.c.id)
-                ).mappings()
-            ]
-
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Deliveries by (destination, status): the backlog and outcomes /metrics reports."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(deliveries.c.destination, deliveries.c.status, sa.func.count()).group_by(
-                    deliveries.c.destination, deliveries.c.status
-                )
-            )
-            return {(d, s): n for d, s, n in rows}
-
-
-def _holds(value: Any, wanted: str) -> bool:
-    """Whether `wanted` (case-folded) is one of the string values anywhere in `value`."""
-    if isinstance(value, str):
-        return value.strip().casefold() == wanted
-    if isinstance(value, dict):
-        return any(_holds(v, wanted) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds(v, wanted) for v in value)
-    return False

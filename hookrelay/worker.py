@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from hookrelay import metrics
+from hookrelay import metrics, retention
 from hookrelay.config import Policy
 from hookrelay.destinations import Destination, Record
 from hookrelay.errors import DeliveryError, Permanent, RetryLater, Skip, Throttled
@@ -99,7 +99,7 @@ class Worker:
         while True:
             days = self.relay.config.retention_days
             try:
-                erased = self.relay.store.purge(time.time() - days * 86400)
+                erased = retention.purge(self.relay.store, time.time() - days * 86400)
             except SQLAlchemyError as exc:
                 logger.error("storage unavailable for the purge (%s)", type(exc).__name__)
             else:

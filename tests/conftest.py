@@ -24,8 +24,11 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 from werkzeug.serving import make_server
 
+from hookrelay import history
 from hookrelay.auth import sign
 from hookrelay.config import load_config
+from hookrelay.sources import Incoming
+from hookrelay.store import Store, Stored
 from hookrelay.web import create_app
 from tests.fakes.server import FakeServer
 from tests.fakes.vendors import BREVO_KEY, MAILCHIMP_KEY, TRELLO_KEY, TRELLO_TOKEN
@@ -179,10 +182,19 @@ class RunningRelay:
         headers.setdefault("Content-Type", "application/json")
         return requests.post(f"{self.url}/hooks/{source}", data=body, headers=headers, timeout=10)
 
+    def events(self) -> list[dict[str, Any]]:
+        """Newest first, each with its deliveries."""
+        return history.list_events(self.relay.store, limit=10_000)
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        """Every delivery, the newest event's first."""
+        return [d for e in self.events() for d in e["deliveries"]]
+
+    def attempts(self, delivery_id: str) -> list[dict[str, Any]]:
+        return history.attempts_of(self.relay.store, delivery_id)
+
     def statuses(self) -> list[str]:
-        return [
-            d["status"] for e in self.relay.store.list_events(limit=10_000) for d in e["deliveries"]
-        ]
+        return [d["status"] for d in self.deliveries()]
 
     def wait_settled(self, timeout: float = 15.0) -> list[str]:
         """Wait until no delivery is pending; returns every delivery's status."""
@@ -250,6 +262,37 @@ def storage(
 def pg_storage(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     with pg_schema(monkeypatch) as url:
         yield url
+
+
+class Clock:
+    """A clock the test moves by hand, for a Store's timestamps."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(storage: str, clock: Clock) -> Iterator[Store]:
+    """A Store on each backend, on the test's clock."""
+    s = Store(storage, clock=clock)
+    yield s
+    s.close()
+
+
+TARGETS = [("pass", "sink"), ("pass", "archive")]
+
+
+def ingest(store: Store, *keys: str, source: str = "qualifio") -> list[Stored]:
+    """One event per dedupe key, each with a delivery to each of TARGETS."""
+    return store.store_events(source, "qualifio", [Incoming("{}", k) for k in keys], TARGETS)
 
 
 @pytest.fixture

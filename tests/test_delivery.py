@@ -22,12 +22,15 @@ def test_500_then_200_delivers_the_record_once(tmp_path, sink, start_relay):
     assert relay.wait_settled() == ["delivered"]
     assert len(sink.seen) == 2 and len(sink.requests) == 1
     assert sink.seen[0].headers["Webhook-Id"] == sink.seen[1].headers["Webhook-Id"]
-    delivery = relay.relay.store.list_events()[0]["deliveries"][0]
-    assert [a["outcome"] for a in relay.relay.store.attempts_of(delivery["id"])] == [
+    delivery = relay.deliveries()[0]
+    assert [a["outcome"] for a in relay.attempts(delivery["id"])] == [
         "pending",
         "delivered",
     ]
-    assert [a["http_status"] for a in relay.relay.store.attempts_of(delivery["id"])] == [500, None]
+    assert [a["http_status"] for a in relay.attempts(delivery["id"])] == [
+        500,
+        None,
+    ]
 
 
 def test_429_retry_after_wins_over_the_backoff(tmp_path, sink, start_relay):
@@ -42,8 +45,8 @@ def test_429_retry_after_wins_over_the_backoff(tmp_path, sink, start_relay):
 
 
 def sink_times(relay) -> float:
-    delivery = relay.relay.store.list_events()[0]["deliveries"][0]
-    tried = relay.relay.store.attempts_of(delivery["id"])
+    delivery = relay.deliveries()[0]
+    tried = relay.attempts(delivery["id"])
     return tried[1]["started_at"] - tried[0]["started_at"]
 
 
@@ -100,7 +103,7 @@ def test_gives_up_after_max_attempts_and_keeps_the_reason(tmp_path, sink, start_
     relay.post(participation(1))
     assert relay.wait_settled() == ["dead"]
     assert len(sink.seen) == 3
-    delivery = relay.relay.store.list_events()[0]["deliveries"][0]
+    delivery = relay.deliveries()[0]
     assert delivery["last_error"].startswith("gave up after 3 attempts: ")
     assert "answered 503: maintenance" in delivery["last_error"]
 
@@ -109,9 +112,7 @@ def test_unreachable_destination_is_retried_then_dead(tmp_path, start_relay):
     relay = start_relay(basic_config(tmp_path, "http://127.0.0.1:9/hook", max_attempts="2"))
     relay.post(participation(1))
     assert relay.wait_settled() == ["dead"]
-    assert (
-        "could not be reached" in relay.relay.store.list_events()[0]["deliveries"][0]["last_error"]
-    )
+    assert "could not be reached" in relay.deliveries()[0]["last_error"]
 
 
 def test_redirects_are_not_followed(tmp_path, sink, start_relay):
@@ -119,9 +120,7 @@ def test_redirects_are_not_followed(tmp_path, sink, start_relay):
     relay = start_relay(basic_config(tmp_path, sink.url))
     relay.post(participation(1))
     assert relay.wait_settled() == ["dead"]
-    assert (
-        "set the final address" in relay.relay.store.list_events()[0]["deliveries"][0]["last_error"]
-    )
+    assert "set the final address" in relay.deliveries()[0]["last_error"]
 
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -181,12 +180,7 @@ def test_opt_in_zero_is_left_out_one_kept_and_empty_omitted(tmp_path, sink, star
         "id": "7F3C2A91-5B4E-4D2A-9C1E-2B8F6A0D4E11",
         "merge_fields": {"NEWSLETTER": "1"},
     }
-    skipped = [
-        d
-        for e in relay.relay.store.list_events()
-        for d in e["deliveries"]
-        if d["status"] == "skipped"
-    ]
+    skipped = [d for e in relay.events() for d in e["deliveries"] if d["status"] == "skipped"]
     assert skipped[0]["last_error"].startswith("when: state == 'COMPLETED'")
 
 
@@ -196,7 +190,7 @@ def test_a_fixed_mapping_applies_on_replay(tmp_path, sink, start_relay):
     relay = start_relay(config)
     event_id = relay.post(participation(1)).json()["event_id"]
     assert relay.wait_settled() == ["dead"]  # upper() of an object: a mapping bug, not a retry
-    error = relay.relay.store.list_events()[0]["deliveries"][0]["last_error"]
+    error = relay.deliveries()[0]["last_error"]
     assert error.startswith("field upper_state: ") and "example" not in error
 
     (tmp_path / "mappings" / "pass.yaml").write_text("fields:\n  id: id\n")

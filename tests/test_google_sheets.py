@@ -55,8 +55,8 @@ def records(*rows: dict) -> list[Record]:
 
 def attempts(relay) -> list[dict]:
     """The attempt log of the only delivery."""
-    (event,) = relay.relay.store.list_events()
-    return relay.relay.store.attempts_of(event["deliveries"][0]["id"])
+    (event,) = relay.events()
+    return relay.attempts(event["deliveries"][0]["id"])
 
 
 def sheets_config(tmp_path: Path, google: FakeGoogle, monkeypatch, **options: str) -> Path:
@@ -288,9 +288,7 @@ def test_a_spent_limit_holds_deliveries_back_without_spending_attempts(
         relay.post(participation(n))
     wait_until(lambda: sorted(relay.statuses()) == ["delivered", "delivered", "pending"])
     time.sleep(1.0)  # the worker polls many times meanwhile
-    (waiting,) = [
-        d for e in relay.relay.store.list_events() for d in e["deliveries"] if d["attempts"] == 0
-    ]
+    (waiting,) = [d for e in relay.events() for d in e["deliveries"] if d["attempts"] == 0]
     assert waiting["status"] == "pending"
     assert len(google.writes) == 2  # two appends (the first carried the header): the allowance
 

@@ -1,20 +1,88 @@
-"""Retention and erasure from the outside: `relay purge`, `relay forget`, and the worker's own
-purge of what `retention_days` no longer keeps."""
+"""Retention and erasure: what purge and forget erase and keep, on each backend; `relay purge`,
+`relay forget`, and the worker's own purge of what `retention_days` no longer keeps."""
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 
-from tests.conftest import basic_config, participation, relay_command
+from hookrelay import history
+from hookrelay.database import attempts, deliveries
+from hookrelay.retention import forget, purge
+from hookrelay.sources import Incoming
+from hookrelay.store import Outcome
+from tests.conftest import TARGETS, basic_config, ingest, participation, relay_command
 from tests.processes import wait_until
 
 DAY = 86400
 
 
-def erase_log_rows(relay):
-    """How many attempt-log rows the store holds: an erased event must take its own with it."""
-    with relay.relay.store.engine.connect() as conn:
-        return conn.exec_driver_sql("SELECT count(*) FROM attempts").scalar()
+def deliver_due(store, clock):
+    batch = store.claim_due(100, lease=30)
+    store.record([Outcome(d, "delivered", clock.now, 5) for d in batch])
+
+
+def rows(store, table):
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+
+
+def test_purge_erases_events_whose_deliveries_all_ended_before_the_cutoff(store, clock):
+    ingest(store, *[f"done{i}" for i in range(5)])
+    deliver_due(store, clock)
+    [late] = ingest(store, "delivered-late")
+    [waiting] = ingest(store, "still-pending")
+    clock.now += 40 * DAY
+    deliver_due(store, clock)  # late's deliveries end now, and waiting's...
+    store.replay([waiting.event_id])  # ...are due again: pending, 40 days after it came
+    assert rows(store, attempts) == 14
+    assert purge(store, clock.now - 30 * DAY, chunk=2) == 5
+    assert {e["id"] for e in history.list_events(store)} == {late.event_id, waiting.event_id}
+    assert (rows(store, deliveries), rows(store, attempts)) == (4, 4)
+    clock.now += 40 * DAY
+    assert purge(store, clock.now - 30 * DAY) == 1  # late; waiting is pending however old
+    assert [e["id"] for e in history.list_events(store)] == [waiting.event_id]
+
+
+def stored_with(store, key, email, ensure_ascii=False):
+    payload = {"id": key, "form": [{"variable": "email", "responses": [{"value": email}]}]}
+    text = json.dumps(payload, ensure_ascii=ensure_ascii)
+    return store.store_events("qualifio", "qualifio", [Incoming(text, key)], TARGETS)[0].event_id
+
+
+def test_forget_erases_the_events_holding_the_address_and_no_other(store, clock):
+    stored_with(store, "a", "Ann.Smith@Example.com ")
+    stored_with(store, "b", "ann.smith@example.com")
+    kept = {
+        stored_with(store, "c", "joann.smith@example.com"),
+        stored_with(store, "d", "ann.smith@example.community"),
+        stored_with(store, "e", "annxsmith@example.com"),  # what a LIKE '_' would match
+    }
+    deliver_due(store, clock)
+    assert forget(store, "ann.smith@example.com") == 2
+    assert {e["id"] for e in history.list_events(store)} == kept
+    assert (rows(store, deliveries), rows(store, attempts)) == (6, 6)
+    assert forget(store, "ann.smith@example.com") == 0
+
+
+def test_forget_finds_an_address_stored_as_unicode_escapes(store):
+    stored_with(store, "a", "chloë@example.com", ensure_ascii=True)  # "chlo\u00eb@..."
+    kept = stored_with(store, "b", "chloe@example.com")
+    assert forget(store, "Chloë@example.com") == 1
+    assert [e["id"] for e in history.list_events(store)] == [kept]
+
+
+def test_an_answer_for_an_event_erased_meanwhile_leaves_the_others_recorded(store, clock):
+    stored_with(store, "a", "ann.smith@example.com")
+    [other] = ingest(store, "b")
+    batch = store.claim_due(100, lease=30)  # a worker is sending all four
+    forget(store, "ann.smith@example.com")
+    assert store.record([Outcome(d, "delivered", clock.now, 5) for d in batch]) == 2
+    [event] = history.list_events(store)
+    assert event["id"] == other.event_id
+    assert [d["status"] for d in event["deliveries"]] == ["delivered", "delivered"]
+    assert rows(store, attempts) == 2
 
 
 def test_relay_purge_erases_finished_events_and_keeps_pending_ones(tmp_path, sink, start_relay):
@@ -29,13 +97,13 @@ def test_relay_purge_erases_finished_events_and_keeps_pending_ones(tmp_path, sin
     kept = relay_command("purge", "--config", str(config))
     assert kept.returncode == 0, kept.stderr
     assert kept.stdout.startswith("0 events erased")
-    assert {e["id"] for e in stopped.relay.store.list_events()} == {delivered, pending}
+    assert {e["id"] for e in stopped.events()} == {delivered, pending}
 
     erased = relay_command("purge", "--older-than", "0s", "--config", str(config))
     assert erased.returncode == 0, erased.stderr
     assert erased.stdout.startswith("1 event erased, with its deliveries and attempt log")
-    assert [e["id"] for e in stopped.relay.store.list_events()] == [pending]
-    assert erase_log_rows(stopped) == 0
+    assert [e["id"] for e in stopped.events()] == [pending]
+    assert rows(stopped.relay.store, attempts) == 0
 
 
 def test_relay_forget_erases_one_participants_events(tmp_path, sink, start_relay):
@@ -50,9 +118,9 @@ def test_relay_forget_erases_one_participants_events(tmp_path, sink, start_relay
     assert forgot.stdout.startswith("2 events erased, with their deliveries and attempt log.")
     assert "erase them there too" in forgot.stdout
     assert "example.com" not in forgot.stdout + forgot.stderr
-    assert [e["id"] for e in relay.relay.store.list_events()] == [other]
-    assert not set(zoe) & relay.relay.store.known_events(zoe)
-    assert erase_log_rows(relay) == 1
+    assert [e["id"] for e in relay.events()] == [other]
+    assert not set(zoe) & history.known_events(relay.relay.store, zoe)
+    assert rows(relay.relay.store, attempts) == 1
 
 
 def test_purge_and_forget_refuse_what_they_cannot_read(tmp_path):
@@ -76,8 +144,8 @@ def test_the_worker_erases_what_retention_days_no_longer_keeps(tmp_path, sink, s
         conn.execute(sa.text("UPDATE deliveries SET updated_at = updated_at - :s"), {"s": 31 * DAY})
 
     relay = start_relay(config)  # its worker purges at start, then every hour
-    wait_until(lambda: not relay.relay.store.known_events([old]), timeout=10)
+    wait_until(lambda: not history.known_events(relay.relay.store, [old]), timeout=10)
     assert "finished events erased: 1 (retention_days: 30)" in caplog.text
     new = relay.post(participation(2)).json()["event_id"]
     assert relay.wait_settled() == ["delivered"]
-    assert [e["id"] for e in relay.relay.store.list_events()] == [new]
+    assert [e["id"] for e in relay.events()] == [new]

@@ -1,51 +1,21 @@
-"""The Store's contract: dedupe, one transaction per ingest, atomic claims, leases, replay,
-retention and erasure."""
+"""The Store's contract: dedupe, one transaction per ingest, atomic claims, leases, replay."""
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
-import sqlalchemy as sa
 
-from hookrelay.database import attempts, deliveries
+from hookrelay import history
 from hookrelay.errors import RelayError
-from hookrelay.sources import Incoming
 from hookrelay.store import Outcome, Store
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(storage, clock):
-    s = Store(storage, clock=clock)
-    yield s
-    s.close()
-
-
-TARGETS = [("pass", "sink"), ("pass", "archive")]
-
-
-def ingest(store, *keys, source="qualifio"):
-    return store.store_events(source, "qualifio", [Incoming("{}", k) for k in keys], TARGETS)
+from tests.conftest import ingest
 
 
 def test_an_event_and_its_deliveries_are_stored_together(store):
     [stored] = ingest(store, "a/COMPLETED")
     assert not stored.duplicate
-    [event] = store.list_events()
+    [event] = history.list_events(store)
     assert event["id"] == stored.event_id
     assert sorted(d["destination"] for d in event["deliveries"]) == ["archive", "sink"]
 
@@ -56,7 +26,7 @@ def test_the_same_key_is_a_duplicate_of_the_first_event(store):
     assert second.event_id == first.event_id
     assert ingest(store, "a/COMPLETED")[0].event_id == first.event_id
     assert ingest(store, "a/COMPLETED", source="other")[0].duplicate is False
-    assert len(store.list_events()) == 2
+    assert len(history.list_events(store)) == 2
 
 
 def test_concurrent_ingest_of_one_participation_stores_it_once(store):
@@ -98,7 +68,7 @@ def test_a_lease_expires_and_a_stale_claim_cannot_overwrite(store, clock):
     assert second.id == first.id and second.claim != first.claim
     assert store.record([Outcome(first, "delivered", clock.now, 5)]) == 0  # too late
     assert store.record([Outcome(second, "delivered", clock.now, 5)]) == 1
-    statuses = {d["destination"]: d["status"] for d in store.list_events()[0]["deliveries"]}
+    statuses = {d["destination"]: d["status"] for d in history.list_events(store)[0]["deliveries"]}
     assert statuses["sink"] == "delivered"
 
 
@@ -110,7 +80,7 @@ def test_retry_waits_until_next_attempt_and_counts_attempts(store, clock):
     clock.now += 61
     [again] = store.claim_due(10, lease=30, destinations=["sink"])
     assert again.attempts == 1
-    assert [a["http_status"] for a in store.attempts_of(d.id)] == [500]
+    assert [a["http_status"] for a in history.attempts_of(store, d.id)] == [500]
 
 
 def test_replay_dead_resets_the_attempt_budget(store, clock):
@@ -127,81 +97,11 @@ def test_counts_by_destination_and_status(store, clock):
     ingest(store, "a", "b")
     [d] = store.claim_due(1, lease=30, destinations=["sink"])
     store.record([Outcome(d, "delivered", clock.now, 5)])
-    assert store.counts() == {
+    assert history.counts(store) == {
         ("sink", "delivered"): 1,
         ("sink", "pending"): 1,
         ("archive", "pending"): 2,
     }
-
-
-DAY = 86400
-
-
-def deliver_due(store, clock):
-    batch = store.claim_due(100, lease=30)
-    store.record([Outcome(d, "delivered", clock.now, 5) for d in batch])
-
-
-def rows(store, table):
-    with store.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
-
-
-def test_purge_erases_events_whose_deliveries_all_ended_before_the_cutoff(store, clock):
-    ingest(store, *[f"done{i}" for i in range(5)])
-    deliver_due(store, clock)
-    [late] = ingest(store, "delivered-late")
-    [waiting] = ingest(store, "still-pending")
-    clock.now += 40 * DAY
-    deliver_due(store, clock)  # late's deliveries end now, and waiting's...
-    store.replay([waiting.event_id])  # ...are due again: pending, 40 days after it came
-    assert rows(store, attempts) == 14
-    assert store.purge(clock.now - 30 * DAY, chunk=2) == 5
-    assert {e["id"] for e in store.list_events()} == {late.event_id, waiting.event_id}
-    assert (rows(store, deliveries), rows(store, attempts)) == (4, 4)
-    clock.now += 40 * DAY
-    assert store.purge(clock.now - 30 * DAY) == 1  # late; waiting is pending however old
-    assert [e["id"] for e in store.list_events()] == [waiting.event_id]
-
-
-def stored_with(store, key, email, ensure_ascii=False):
-    payload = {"id": key, "form": [{"variable": "email", "responses": [{"value": email}]}]}
-    text = json.dumps(payload, ensure_ascii=ensure_ascii)
-    return store.store_events("qualifio", "qualifio", [Incoming(text, key)], TARGETS)[0].event_id
-
-
-def test_forget_erases_the_events_holding_the_address_and_no_other(store, clock):
-    stored_with(store, "a", "Ann.Smith@Example.com ")
-    stored_with(store, "b", "ann.smith@example.com")
-    kept = {
-        stored_with(store, "c", "joann.smith@example.com"),
-        stored_with(store, "d", "ann.smith@example.community"),
-        stored_with(store, "e", "annxsmith@example.com"),  # what a LIKE '_' would match
-    }
-    deliver_due(store, clock)
-    assert store.forget("ann.smith@example.com") == 2
-    assert {e["id"] for e in store.list_events()} == kept
-    assert (rows(store, deliveries), rows(store, attempts)) == (6, 6)
-    assert store.forget("ann.smith@example.com") == 0
-
-
-def test_forget_finds_an_address_stored_as_unicode_escapes(store):
-    stored_with(store, "a", "chloë@example.com", ensure_ascii=True)  # "chlo\u00eb@..."
-    kept = stored_with(store, "b", "chloe@example.com")
-    assert store.forget("Chloë@example.com") == 1
-    assert [e["id"] for e in store.list_events()] == [kept]
-
-
-def test_an_answer_for_an_event_erased_meanwhile_leaves_the_others_recorded(store, clock):
-    stored_with(store, "a", "ann.smith@example.com")
-    [other] = ingest(store, "b")
-    batch = store.claim_due(100, lease=30)  # a worker is sending all four
-    store.forget("ann.smith@example.com")
-    assert store.record([Outcome(d, "delivered", clock.now, 5) for d in batch]) == 2
-    [event] = store.list_events()
-    assert event["id"] == other.event_id
-    assert [d["status"] for d in event["deliveries"]] == ["delivered", "delivered"]
-    assert rows(store, attempts) == 2
 
 
 def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path):

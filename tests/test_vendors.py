@@ -56,8 +56,8 @@ def deliver(relay, body: bytes = b"") -> tuple[str, list[dict]]:
     """Post one participation; its delivery's final status and attempt log."""
     assert relay.post(body or participation(1)).status_code == 202
     (status,) = relay.wait_settled()
-    (event,) = relay.relay.store.list_events()
-    return status, relay.relay.store.attempts_of(event["deliveries"][0]["id"])
+    (event,) = relay.events()
+    return status, relay.attempts(event["deliveries"][0]["id"])
 
 
 # --- Trello --------------------------------------------------------------------------------------
