@@ -9,8 +9,8 @@ Google counts one append of many rows as one write request and allows 60 per min
 account, so the worker gathers deliveries into batches (`batch_size`, `batch_wait`) and every
 destination on one service account shares one rate limit in the process.
 
-Auth is a service account's JSON key, refreshed with google-auth on the relay's own session; not
-`AuthorizedSession`, which would also start lookups on a Google host the relay was not told about.
+Auth is a service account (see _google); the header read and the append of one sheet run under
+one lock, so threads also share one token refresh.
 """
 
 from __future__ import annotations
@@ -18,19 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import google.auth.exceptions
-import google.auth.transport.requests
-from google.oauth2 import service_account
-
 from hookrelay import limits
 from hookrelay.destinations import Context, Record, _http
-from hookrelay.errors import ConfigError, Permanent, RetryLater
+from hookrelay.destinations._google import ServiceAccount
+from hookrelay.errors import Permanent, RetryLater
 
 SCOPE = "https://www.googleapis.com/auth/spreadsheets"
+RAW = {"valueInputOption": "RAW"}  # a value is text, a number or a boolean; never a formula
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +53,8 @@ class GoogleSheets:
         self.name, self.timeout = name, context.timeout
         self.sheet, self.add_columns = str(sheet), add_columns
         self.batch_size, self.batch_wait = batch_size, batch_wait
-        self.credentials = _credentials(credentials, context.base_dir)
-        self.email = self.credentials.service_account_email
+        self.account = ServiceAccount(credentials, context.base_dir, [SCOPE])
+        self.email = self.account.email
         self.limit = limits.shared(
             "google_sheets", self.email, lambda: limits.RateLimit(writes_per_minute, 60.0)
         )
@@ -74,29 +71,21 @@ class GoogleSheets:
         rows = [{k: _cell(v) for k, v in r.fields.items()} for r in records]
         with self._lock:
             header = self._header()
-            fields = list(dict.fromkeys(k for row in rows for k in row))
-            new = [f for f in fields if f not in header]
-            if not header:
-                header = new
-                values = [header]
+            new = [f for f in dict.fromkeys(k for row in rows for k in row) if f not in header]
+            values = []
+            if not header:  # an empty tab: the header row goes in the same append
+                header, values = new, [new]
             elif new and self.add_columns:
                 header = [*header, *new]
-                self._request(
-                    "PUT",
-                    self.header_url,
-                    params={"valueInputOption": "RAW"},
-                    json={"majorDimension": "ROWS", "values": [header]},
-                )
-                values = []
+                self._request("PUT", self.header_url, params=RAW, json=_rows([header]))
             else:
                 self._report(new)
-                values = []
             values += [[row.get(column, "") for column in header] for row in rows]
             self._request(
                 "POST",
                 self.append_url,
-                params={"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"},
-                json={"majorDimension": "ROWS", "values": values},
+                params={**RAW, "insertDataOption": "INSERT_ROWS"},
+                json=_rows(values),
                 idempotent=False,
             )
 
@@ -126,7 +115,7 @@ class GoogleSheets:
                 url,
                 timeout=self.timeout,
                 what=f"Google Sheets ({self.name})",
-                headers={"Authorization": f"Bearer {self._token()}"},
+                headers={"Authorization": f"Bearer {self.account.token(self.session)}"},
                 idempotent=idempotent,
                 hints={
                     403: f"Share the spreadsheet with {self.email} as Editor",
@@ -138,25 +127,8 @@ class GoogleSheets:
         except Permanent as exc:
             if exc.status != 401:
                 raise
-            self.credentials.token = None  # revoked or expired early: fetch a new one next time
+            self.account.drop_token()
             raise RetryLater(exc.message, status=401) from None
-
-    def _token(self) -> str:
-        """A valid access token, refreshed (under the lock: threads share it) when expired."""
-        creds = self.credentials
-        if not creds.valid:
-            try:
-                creds.refresh(google.auth.transport.requests.Request(self.session))  # type: ignore[no-untyped-call]
-            except google.auth.exceptions.RefreshError as exc:
-                message = f"Google refused the service account {self.email}: {_first(exc)}"
-                if exc.retryable:
-                    raise RetryLater(message) from None
-                raise Permanent(message + ". Check the key in `credentials`") from None
-            except google.auth.exceptions.TransportError as exc:
-                raise RetryLater(
-                    f"Google's token endpoint could not be reached ({type(exc.args[0]).__name__})"
-                ) from None
-        return str(creds.token)
 
     def _report(self, fields: list[str]) -> None:
         unseen = [f for f in fields if f not in self.ignored]
@@ -170,34 +142,6 @@ class GoogleSheets:
             )
 
 
-def _credentials(value: Any, base_dir: Path) -> service_account.Credentials:
-    """A service account key: the JSON itself (from an environment variable), or a file's path."""
-    text = str(value).strip()
-    if not text.startswith("{"):
-        try:
-            text = (base_dir / text).read_text()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the service account key file ({exc.strerror}); give its path or "
-                "the key's JSON itself",
-                key="credentials",
-            ) from None
-    try:
-        info = json.loads(text)
-        credentials: service_account.Credentials
-        credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-            info, scopes=[SCOPE]
-        )
-        return credentials
-    except (ValueError, KeyError, TypeError) as exc:
-        problem = "not JSON" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-        raise ConfigError(
-            f"not a service account key ({problem}): download one from Google Cloud, "
-            "IAM > Service accounts > Keys > Add key > JSON",
-            key="credentials",
-        ) from None
-
-
 def _cell(value: Any) -> Any:
     """A value Sheets takes as it is: text, number or boolean; anything nested as JSON text."""
     if value is None:
@@ -207,5 +151,6 @@ def _cell(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _first(exc: Exception) -> str:
-    return str(exc.args[0]) if exc.args else type(exc).__name__
+def _rows(values: list[list[Any]]) -> dict[str, Any]:
+    """A ValueRange of rows."""
+    return {"majorDimension": "ROWS", "values": values}
