@@ -69,8 +69,8 @@ schema_version = sa.Table(
     "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
 SCHEMA_VERSION = 1  # a change to the tables adds a step from the previous version here
-MAX_ROWS = 1000  # rows per INSERT: 8,000 parameters, under SQLite's 32,766
 SCHEMA_LOCK = 0x686F6F6B  # "hook": the advisory lock id schema changes take on PostgreSQL
+MAX_ROWS = 1000  # rows per INSERT: 8,000 parameters, under SQLite's 32,766
 
 
 def create_schema(conn: Connection) -> None:

@@ -1,5 +1,6 @@
 """What happened to each participation: events, their deliveries, the attempt log and the counts
-that `relay events`, /metrics and the tests read. Ids, names and states; never a payload.
+that `relay events`, /metrics and the tests read: ids, names, states and error messages, never a
+payload.
 """
 
 from __future__ import annotations
