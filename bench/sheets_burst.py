@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hookrelay.auth import sign  # noqa: E402
-from tests.fakes.google import SPECS, FakeGoogle, Spreadsheet  # noqa: E402
+from tests.fakes.google import FakeGoogle, Spreadsheet  # noqa: E402
+from tests.fakes.openapi import SPECS  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
 SECRET = "bench-secret"

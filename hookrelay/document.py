@@ -153,6 +153,12 @@ class Document:
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
 
+    def boolean(self, value: Any, key: Key) -> bool:
+        text = str(value).strip().lower()
+        if text not in ("true", "false"):
+            raise self.error(key, f"expected true or false, got {value!r}")
+        return text == "true"
+
     def string(self, value: Any, key: Key) -> str:
         if not isinstance(value, str | int | float) or isinstance(value, bool) or value == "":
             raise self.error(key, "expected a non-empty text value")

@@ -127,8 +127,5 @@ def _typed(doc: Document, key: Key, hint: Any, value: Any) -> Any:
     if hint is float:
         return doc.duration(value, key)
     if hint is bool:
-        text = str(value).strip().lower()
-        if text not in ("true", "false"):
-            raise doc.error(key, f"expected true or false, got {value!r}")
-        return text == "true"
+        return doc.boolean(value, key)
     return value

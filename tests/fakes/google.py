@@ -18,7 +18,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -26,9 +25,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.fakes.openapi import load
 from tests.fakes.server import Answer, FakeServer, Received
 
-SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs"
 SCOPE = "https://www.googleapis.com/auth/spreadsheets"
 EMAIL = "hookrelay@relay-test.iam.gserviceaccount.com"
 AUDIENCE = "https://oauth2.googleapis.com/token"  # what Google checks, whatever the token_uri
@@ -37,8 +36,7 @@ AUDIENCE = "https://oauth2.googleapis.com/token"  # what Google checks, whatever
 def error(status: int) -> Answer:
     """Google's error body for a status, as the Sheets API sends it."""
     if status == 429:
-        sample = json.loads((SPECS / "error-samples.json").read_text())
-        body = sample["google_sheets"]["429_write_quota"]["body"]
+        body = load("error-samples.json")["google_sheets"]["429_write_quota"]["body"]
         return Answer(429, body)  # no Retry-After: Google sends none
     words = {
         400: "INVALID_ARGUMENT",
@@ -79,8 +77,7 @@ class FakeGoogle:
     """`token_uri` and `sheets_url` for the relay; `spreadsheets` for assertions."""
 
     def __init__(self, writes_per_minute: int | None = None) -> None:
-        discovery = SPECS / "google-sheets-v4.discovery.json"
-        self.discovery = json.loads(discovery.read_text())
+        self.discovery = load("google-sheets-v4.discovery.json")
         self.oauth = FakeServer(handle=self._token)
         self.sheets = FakeServer(check=self._check, handle=self._handle)
         self.token_uri = f"{self.oauth.url}/token"
