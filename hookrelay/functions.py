@@ -1,7 +1,10 @@
 """The functions mappings may use beyond standard JMESPath (the README shows each with an example).
 
 Each gives null for a null input instead of failing, so a missing form field never kills a
-delivery; a value of the wrong kind (an object where text is expected) fails, naming the field.
+delivery. Each signature says what the function accepts, and every call is checked against it (by
+jmespath, compiled expressions included): a text function given an object fails, naming the
+field; converters, hashes and combinators accept any value (`"types": []`: jmespath checks
+nothing) and give null or a best effort.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class Functions(functions.Functions):
     def _func_default(self, value: Any, fallback: Any) -> Any:
         return fallback if value in (None, "") else value
 
-    @functions.signature({"types": ["string", "number", "boolean", "null"]})
+    @functions.signature({"types": []})  # an object or an array gives null
     def _func_to_bool(self, value: Any) -> bool | None:
         if value is None or isinstance(value, bool):
             return value
@@ -66,15 +69,12 @@ class Functions(functions.Functions):
             return False
         return None
 
-    @functions.signature({"types": ["string", "number", "null"]})
+    @functions.signature({"types": []})  # anything but a number of seconds gives null
     def _func_from_unix(self, seconds: Any) -> str | None:
-        try:
-            moment = dt.datetime.fromtimestamp(float(seconds), dt.UTC)
-        except (TypeError, ValueError, OverflowError):
-            return None
-        return moment.isoformat().replace("+00:00", "Z")
+        moment = _moment(_seconds(seconds))
+        return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
-    @functions.signature({"types": ["string", "number", "null"]}, {"types": ["string"]})
+    @functions.signature({"types": []}, {"types": ["string"]})  # anything but a date gives null
     def _func_format_date(self, value: Any, fmt: str) -> str | None:
         moment = _parse_date(value)
         return None if moment is None else moment.strftime(fmt)
@@ -83,18 +83,20 @@ class Functions(functions.Functions):
     def _func_now(self) -> str:
         return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
-    @functions.signature({"types": ["string", "number", "null"]})
+    @functions.signature({"types": []})  # hashes the value as concat() writes it
     def _func_md5(self, value: Any) -> str | None:
         return None if value is None else hashlib.md5(_text(value).encode()).hexdigest()
 
-    @functions.signature({"types": ["string", "number", "null"]})
+    @functions.signature({"types": []})
     def _func_sha256(self, value: Any) -> str | None:
         return None if value is None else hashlib.sha256(_text(value).encode()).hexdigest()
 
-    @functions.signature({"types": ["array", "null"]})
-    def _func_pick(self, pairs: list[Any] | None) -> dict[str, Any] | None:
+    @functions.signature({"types": []})  # anything but an array of pairs gives {}
+    def _func_pick(self, pairs: Any) -> dict[str, Any] | None:
         if pairs is None:
             return None
+        if not isinstance(pairs, list):
+            return {}
         return {
             _text(p[0]): p[1]
             for p in pairs
@@ -116,11 +118,32 @@ def _text(value: Any) -> str:
 
 
 def _parse_date(value: Any) -> dt.datetime | None:
-    if value is None or value == "":
+    """A date from seconds since the epoch (a number or digits) or ISO 8601 text, else None."""
+    if value is None or value == "" or isinstance(value, bool):
         return None
     if isinstance(value, int | float) or str(value).isdigit():
-        return dt.datetime.fromtimestamp(float(value), dt.UTC)
+        return _moment(_seconds(value))
     try:
         return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
+        return None
+
+
+def _seconds(value: Any) -> float | None:
+    """A number of seconds from a number or numeric text; None for anything else (true too)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except (ValueError, OverflowError):  # "soon", or an integer beyond any float
+        return None
+
+
+def _moment(seconds: float | None) -> dt.datetime | None:
+    """The UTC moment `seconds` after the epoch; None when no datetime holds it (1e300, NaN)."""
+    if seconds is None:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):  # beyond time_t, beyond year 9999, NaN
         return None

@@ -230,8 +230,8 @@ def write_yaml(tmp_path):
     return path
 
 
-# Wrong types: text functions refuse (the delivery is dead, naming the field); converters and
-# combinators, made to be forgiving, give null or a best effort instead.
+# Wrong types: text functions refuse (the delivery is dead, naming the field and the kinds);
+# converters, hashes and combinators, made to be forgiving, give null or a best effort instead.
 @pytest.mark.parametrize(
     ("expression", "outcome"),
     [
@@ -258,7 +258,83 @@ def write_yaml(tmp_path):
 def test_functions_on_wrong_types(tmp_path, expression, outcome):
     m = mapping(tmp_path, f'fields: {{x: "{expression}"}}\n')
     if outcome == "refused":
-        with pytest.raises(Permanent, match=r"^field x: \w+Error in "):
+        with pytest.raises(Permanent, match=r"^field x: \w+\(\) expected a string or null, got "):
             m.apply(payload("v2-complete.json"))
     else:
         assert m.apply(payload("v2-complete.json")) == {"x": outcome}
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"), [(0, 0), (0.0, 0.0), (7, 7), (None, "none"), ("", "none")]
+)
+def test_or_keeps_zero_which_jmespath_counts_as_true(tmp_path, score, expected):
+    m = mapping(tmp_path, "fields: {score: \"score || 'none'\"}\n")
+    result = m.apply({"score": score})["score"]
+    assert result == expected and type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("score", "delivered"), [(0, True), (0.0, True), (3, True), (None, False), ("", False)]
+)
+def test_when_on_a_number_delivers_zero(tmp_path, score, delivered):
+    m = mapping(tmp_path, "when: score\nfields: {score: score}\n")
+    if delivered:
+        assert m.apply({"score": score}) == {"score": score}
+    else:
+        with pytest.raises(Skip, match="^when: score$"):
+            m.apply({"score": score})
+
+
+@pytest.mark.parametrize("expression", ["format_date(n, '%Y')", "from_unix(n)"])
+@pytest.mark.parametrize(
+    "n",
+    [1e300, -1e300, 99999999999999999999, "99999999999999999999", 10**400],
+    ids=["1e300", "-1e300", "20 digits", "20 digits as text", "10**400"],
+)
+def test_dates_beyond_the_calendar_are_null(tmp_path, expression, n):
+    m = mapping(tmp_path, f'fields: {{x: "{expression}"}}\n')
+    assert m.apply({"n": n}) == {"x": None}
+
+
+def nested(value, depth):
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Any failure on a payload is Permanent (retrying cannot help), named by its kind and expression,
+# never by the value: the value may be someone's email address.
+@pytest.mark.parametrize(
+    ("expression", "data", "problem"),
+    [
+        ("abs(a)", {"a": "zoe@example.com"}, "abs() expected a number, got a string"),
+        (
+            "join(', ', a)",
+            {"a": "zoe@example.com"},
+            "join() expected an array of strings, got a string",
+        ),
+        (
+            "join(', ', a)",
+            {"a": ["zoe@example.com", 4]},
+            "join() expected an array of strings, got an array holding a number",
+        ),
+        (
+            "sort(a)",
+            {"a": {"email": "zoe@example.com"}},
+            "sort() expected an array of strings or an array of numbers, got an object",
+        ),
+        ("max(a)", {}, "max() expected an array of numbers or an array of strings, got null"),
+        ("lower(a)", {"a": ["zoe@example.com"]}, "lower() expected a string or null, got an array"),
+        ("sum(a)", {"a": [10**400, 0.5]}, "OverflowError"),
+        ("to_string(a)", {"a": nested("zoe@example.com", 5000)}, "RecursionError"),
+        ("a[::0]", {"a": ["zoe@example.com"]}, "ValueError"),
+    ],
+)
+def test_failures_on_a_payload_are_permanent_and_keep_its_values_out(
+    tmp_path, expression, data, problem
+):
+    m = mapping(tmp_path, f'fields: {{x: "{expression}"}}\n')
+    with pytest.raises(Permanent) as caught:
+        m.apply(data)
+    assert caught.value.message == f"field x: {problem} in {expression!r}"
+    assert "zoe" not in caught.value.message and "10000" not in caught.value.message
