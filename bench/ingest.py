@@ -299,10 +299,8 @@ class Server:
 
 def start_server(name: str, args: list[str], env: dict[str, str], cwd: Path, tmp: Path) -> Server:
     port = free_port()
-    metrics_dir = tmp / f"metrics-{name}"  # gunicorn_conf removes it when gunicorn exits
-    metrics_dir.mkdir()
     log = tmp / f"{name}.log"
-    env = {**env, "HOST": HOST, "PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    env = {**env, "HOST": HOST, "PORT": str(port)}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, *GUNICORN, *args],

@@ -84,7 +84,6 @@ def run(count: int, batch_size: int, stop_after: float | None) -> dict[str, floa
             "HTTPS_PROXY": "http://127.0.0.1:9",
             "NO_PROXY": "127.0.0.1,localhost",
             "PORT": str(port),
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp),
         }
         log = open(tmp / "relay.log", "wb")
         web = subprocess.Popen(

@@ -29,17 +29,33 @@ SIGNATURE_HEADER = "X-Qualifio-Signature"
 
 @dataclass(frozen=True, slots=True)
 class Auth:
-    """Every configured check must pass; an empty Auth accepts everything."""
+    """Every configured check must pass; an Auth without any (`auth: none`) accepts anyone."""
 
     header: tuple[str, str] | None = None
     basic: tuple[str, str] | None = None
     signature_secrets: tuple[str, ...] = ()
     allow_ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
+    @property
+    def is_open(self) -> bool:
+        return self == Auth()
+
+
+CHECKS = ("header", "basic", "signature", "allow_ips")
+
 
 def load_auth(doc: Document, value: Any, key: Key) -> Auth:
-    """A source's `auth:` section."""
-    spec = doc.table(value, key, ("header", "basic", "signature", "allow_ips"))
+    """A source's `auth:` section: at least one check, or `none` said in so many words, so a
+    secret that was left unset never turns a source into one that accepts anyone."""
+    if value == "none":
+        return Auth()
+    if not value:
+        raise doc.error(
+            key,
+            "a source needs at least one check (signature, header, basic or allow_ips); "
+            "write `auth: none` to accept requests from anyone",
+        )
+    spec = doc.table(value, key, CHECKS)
     header = basic = None
     if "header" in spec:
         h = doc.table(spec["header"], key + ("header",), ("name", "value"))
@@ -56,7 +72,7 @@ def load_auth(doc: Document, value: Any, key: Key) -> Auth:
     secrets: tuple[str, ...] = ()
     if "signature" in spec:
         s = doc.table(spec["signature"], key + ("signature",), ("secrets",))
-        secrets = doc.strings(s.get("secrets"), key + ("signature", "secrets"))
+        secrets = _secrets(doc, s.get("secrets"), key + ("signature", "secrets"))
     networks = []
     for i, raw in enumerate(spec.get("allow_ips") or []):
         try:
@@ -67,6 +83,19 @@ def load_auth(doc: Document, value: Any, key: Key) -> Auth:
                 f"expected an address or network such as 203.0.113.0/24, got {raw!r}",
             ) from None
     return Auth(header, basic, secrets, tuple(networks))
+
+
+def _secrets(doc: Document, value: Any, key: Key) -> tuple[str, ...]:
+    """The secrets listed, less the empty ones (an unset `${OLD_SECRET:-}`); at least one."""
+    items = value if isinstance(value, list) else [value]
+    secrets = tuple(doc.string(v, key + (i,)) for i, v in enumerate(items) if v != "")
+    if not secrets:
+        raise doc.error(
+            key,
+            "no secret to check signatures with (each one listed is empty); set the variable "
+            "that holds it",
+        )
+    return secrets
 
 
 def check_address(auth: Auth, address: str | None, source: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 import requests
 
-from hookrelay import __version__, history, retention
+from hookrelay import __version__, history, metrics, retention
 from hookrelay.auth import sign
 from hookrelay.config import Config, default_config_path, load_config
 from hookrelay.database import STATUSES
@@ -79,7 +79,9 @@ def worker(config_path: Path | None) -> None:
     """Deliver stored events (when web processes run with RELAY_WORKER=off)."""
     configure_logging()
     relay = Relay(_config(config_path))
+    relay.warn()
     relay.watch()
+    metrics.start_flusher(relay.store)
     click.echo("worker running; Ctrl-C to stop", err=True)
     relay.worker.run_forever()
 

@@ -6,6 +6,7 @@ SQLite and PostgreSQL differ only here and in a few attributes of Store: the URL
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -13,6 +14,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from hookrelay.errors import RelayError
+
+logger = logging.getLogger(__name__)
 
 Status = Literal["pending", "delivered", "skipped", "dead"]
 STATUSES: tuple[Status, ...] = ("pending", "delivered", "skipped", "dead")
@@ -65,16 +68,29 @@ attempts = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Index("attempts_delivery", "delivery_id"),
 )
+counters = sa.Table(  # what hookrelay.metrics counted, added up from every process
+    "counters",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),  # a sample's name, e.g. ..._total
+    sa.Column("labels", sa.Text, primary_key=True),  # JSON, keys sorted: one text per label set
+    sa.Column("value", sa.Float, nullable=False),
+)
 schema_version = sa.Table(
     "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
-SCHEMA_VERSION = 1  # a change to the tables adds a step from the previous version here
+SCHEMA_VERSION = 2
+#: What each version changed beyond new tables and indexes, which create_schema adds anyway: SQL
+#: run once, in order, when an older database is opened.
+STEPS: dict[int, tuple[str, ...]] = {
+    2: (),  # the counters table
+}
 SCHEMA_LOCK = 0x686F6F6B  # "hook": the advisory lock id schema changes take on PostgreSQL
 MAX_ROWS = 1000  # rows per INSERT: 8,000 parameters, under SQLite's 32,766
 
 
 def create_schema(conn: Connection) -> None:
-    """Create the tables, or check they are this version's, in the caller's write transaction.
+    """Create the tables, or check they are this version's, or bring an older version's up to
+    this one, in the caller's write transaction.
 
     Safe when many processes start at once: SQLite's writers queue on the store's file lock,
     PostgreSQL's on an advisory lock (its CREATE TABLE IF NOT EXISTS is not safe against a
@@ -94,6 +110,12 @@ def create_schema(conn: Connection) -> None:
             f"the database has schema version {found}, newer than this relay's "
             f"{SCHEMA_VERSION}: upgrade hookrelay"
         )
+    elif found < SCHEMA_VERSION:
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for sql in STEPS[version]:
+                conn.exec_driver_sql(sql)
+        conn.execute(schema_version.update().values(version=SCHEMA_VERSION))
+        logger.info("database schema upgraded from version %d to %d", found, SCHEMA_VERSION)
 
 
 def insert_rows(

@@ -5,11 +5,12 @@
     - InvalidConfig(problems)                  several of them, all found in one pass
   + Rejected                                   an inbound request we refuse; .status is our answer
     - BadRequest 400 · Unauthorized 401 · Forbidden 403 · UnknownSource 404
-    - TooLarge 413 · StorageUnavailable 503 (Retry-After)
+    - RequestTimeout 408 · TooLarge 413 · StorageUnavailable 503 (Retry-After)
   + DeliveryError                              raised by Destination.send()
     - RetryLater(delay=None)                   timeout, connection error, 408, 429, 5xx
       - Throttled(delay)                       our own vendor limit is spent: not an attempt
     - Permanent                                400/401/403/404: dead at once, reason kept
+      - Refused                                a batch refused for what it holds: split it
     - Skip                                     the record cannot go to this destination
 
 Messages never carry payload values or secrets: they end up in logs and answers.
@@ -17,6 +18,7 @@ Messages never carry payload values or secrets: they end up in logs and answers.
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 
@@ -80,6 +82,16 @@ class UnknownSource(Rejected):
     status = 404
 
 
+class RequestTimeout(Rejected):
+    """The request did not all arrive in time (the server's deadline: hookrelay.serving)."""
+
+    status = 408
+
+    def __init__(self, late: TimeoutError) -> None:
+        said = str(late) or "the request did not arrive in time"
+        super().__init__(f"{said}: nothing was stored, send it again")
+
+
 class TooLarge(Rejected):
     status = 413
 
@@ -115,5 +127,18 @@ class Permanent(DeliveryError):
         self.status = status
 
 
+class Refused(Permanent):
+    """A batch refused for what one of its records holds (a 400 for a batch, a value that cannot
+    be written): the worker splits the batch until the record at fault stands alone, so its
+    neighbours are delivered."""
+
+
 class Skip(DeliveryError):
     """The record is not for this destination (a required field is missing): ends `skipped`."""
+
+
+def trace(exc: BaseException) -> str:
+    """Where an unexpected exception came from, for the log: each frame's file, line and code,
+    and the exception's type, never its message, which may quote a participant's data."""
+    frames = traceback.format_list(traceback.extract_tb(exc.__traceback__))
+    return "Traceback (most recent call last):\n" + "".join(frames) + type(exc).__name__

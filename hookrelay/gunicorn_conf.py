@@ -6,31 +6,17 @@ requests in one process share each fsync. PORT and WEB_CONCURRENCY follow Heroku
 """
 
 import os
-import shutil
-import tempfile
-
-from prometheus_client import multiprocess
 
 bind = (
     f"{os.environ.get('HOST', '0.0.0.0' if 'PORT' in os.environ else '127.0.0.1')}:"
     f"{os.environ.get('PORT', '8000')}"
 )
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
+# gthread, where a request must arrive within RELAY_REQUEST_TIMEOUT seconds (default 10), so
+# clients that trickle their requests cannot hold every thread.
+worker_class = "hookrelay.serving.DeadlineThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 timeout = 60
 graceful_timeout = 20
 keepalive = 5
 control_socket_disable = True  # one shared path would clash between relays on one machine
-
-# Counters from every gunicorn worker are merged for /metrics.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hookrelay-metrics-")
-
-
-def child_exit(server: object, worker: object) -> None:
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined,no-untyped-call]
-
-
-def on_exit(server: object) -> None:
-    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -50,22 +50,66 @@ class Incoming:
     dedupe_key: str
 
 
+MAX_DEPTH = 64  # arrays and objects nested deeper than this are refused (DESIGN §4)
+
+
 def parse_events(source: Source, body: bytes) -> list[Incoming]:
     """Split a body into events: an object is one event, an array one event per element.
 
-    :raise BadRequest: malformed JSON, or a shape the source's format does not accept.
+    What is stored is what the worker can read back: UTF-8 text (a BOM is dropped), strict JSON
+    (no NaN or Infinity), nested at most MAX_DEPTH deep.
+
+    :raise BadRequest: anything else, or a shape the source's format does not accept.
+    """
+    data, text = parse_json(body)
+    if isinstance(data, dict):
+        return [_incoming(source, data, text)]
+    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
+        # Each element's own text; ASCII, so that a lone surrogate (valid as a JSON escape) stays
+        # an escape, which every database can store.
+        return [_incoming(source, item, json.dumps(item)) for item in data]
+    raise BadRequest("expected a JSON object, or a non-empty array of objects")
+
+
+def parse_json(body: bytes) -> tuple[Any, str]:
+    """The body's JSON value and its text, which is what gets stored.
+
+    :raise BadRequest: not UTF-8, not strict JSON, or nested deeper than MAX_DEPTH.
     """
     try:
-        data = json.loads(body)
+        text = body.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
-        raise BadRequest("body is not UTF-8 text; send JSON") from None
+        raise BadRequest("body is not UTF-8 text; send JSON encoded as UTF-8") from None
+    too_deep = BadRequest(f"body is nested deeper than {MAX_DEPTH} levels")
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:  # deeper than the parser goes, so deeper than MAX_DEPTH
+        raise too_deep from None
     except ValueError as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
-    if isinstance(data, dict):
-        return [_incoming(source, data, body.decode("utf-8"))]
-    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
-        return [_incoming(source, item, json.dumps(item, ensure_ascii=False)) for item in data]
-    raise BadRequest("expected a JSON object, or a non-empty array of objects")
+    if _deeper_than(data, MAX_DEPTH):
+        raise too_deep
+    return data, text
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` deep (iterative: no recursion limit)."""
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for v in level
+            if isinstance(v, dict | list)
+            for child in (v.values() if isinstance(v, dict) else v)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _incoming(source: Source, item: dict[str, Any], text: str) -> Incoming:
@@ -75,7 +119,13 @@ def _incoming(source: Source, item: dict[str, Any], text: str) -> Incoming:
 
 
 def dedupe_key(source: Source, item: dict[str, Any], text: str) -> str:
-    """Two requests with one key are one participation. Qualifio: id + state; json: the body."""
+    """Two requests with one key are one participation. Qualifio: id + state; json: the body.
+
+    The key is the SHA-256 of an unambiguous encoding of what identifies the participation (JSON
+    of [id, state], not "id/state", which "X/x", "y" and "X", "x/y" share), so its index has a
+    fixed size whatever the participation holds.
+    """
+    identity = None
     if source.dedupe is not None:
         try:
             value = source.dedupe.search(item)
@@ -85,20 +135,26 @@ def dedupe_key(source: Source, item: dict[str, Any], text: str) -> str:
             )
             value = None
         if value not in (None, ""):
-            return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            identity = ["dedupe", value]
     elif source.format == "qualifio":
         if item.get("id"):
-            return f"{item['id']}/{item.get('state') or ''}"
-        return str(item["eventId"])
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+            identity = ["qualifio", item["id"], item.get("state") or ""]
+        else:
+            identity = ["qualifio-event", item["eventId"]]
+    material = json.dumps(identity, sort_keys=True) if identity else "body:" + text
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def normalise(fmt: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload a mapping sees: the raw payload with a flat `variables` object beside it."""
+    """The payload a mapping sees: the raw payload with a flat `variables` object beside it.
+
+    Parts of an unexpected shape (a `crm` that is a list, `responses` that are text) are left
+    out of `variables` rather than failing: the raw payload is still there for a mapping to read.
+    """
     if fmt != "qualifio":
         return payload
     if payload.get("configuration") == "pushWebhookParticipationV1":
-        variables = {**(payload.get("crm") or {}), **(payload.get("sso") or {})}
+        variables = {**_object(payload.get("crm")), **_object(payload.get("sso"))}
     else:
         variables = {}
         for item in _items(payload.get("form")):
@@ -110,6 +166,10 @@ def normalise(fmt: str, payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "variables": variables}
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _items(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         return []
@@ -118,9 +178,10 @@ def _items(value: Any) -> list[dict[str, Any]]:
 
 def _responses(item: dict[str, Any]) -> Any:
     """One response gives its value, several a list, none null. A file upload gives its URL."""
+    responses = item.get("responses")
     values = [
-        r.get("value", (r.get("file") or {}).get("path"))
-        for r in item.get("responses") or []
+        r["value"] if "value" in r else _object(r.get("file")).get("path")
+        for r in (responses if isinstance(responses, list) else [])
         if isinstance(r, dict)
     ]
     if not values:

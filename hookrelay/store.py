@@ -9,15 +9,19 @@ hookrelay.history, and erased through hookrelay.retention.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from hookrelay import database
 from hookrelay.commit import FileLock, GroupCommit, write_lock
 from hookrelay.database import (
     Status,
@@ -27,6 +31,7 @@ from hookrelay.database import (
     engine,
     events,
     insert_rows,
+    schema_version,
 )
 from hookrelay.sources import Incoming
 
@@ -87,9 +92,14 @@ def new_id() -> str:
 
     Time-ordered, so new rows land at the end of the primary-key index. Not uuid4: os.urandom
     releases the GIL at every call, and the group-commit writer would wait to get it back twice
-    per event. (`random` is reseeded in each forked process, so workers draw different bits.)
+    per event. A generator of its own, reseeded in each forked process (so gunicorn's workers
+    draw different bits), leaves the `random` module's state to others.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
+    return f"{time.time_ns() // 1_000_000:012x}{_ids.getrandbits(80):020x}"
+
+
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 class Store:
@@ -101,7 +111,9 @@ class Store:
         self.engine = engine(url, timeout)
         self.clock = clock
         self.dialect = self.engine.dialect.name
-        self._write_lock = write_lock(url)
+        self.url, self.timeout = url, timeout
+        self._write_lock = write_lock(url, timeout)
+        self._locks: dict[str, AbstractContextManager[Any]] = {}
         self._writer = GroupCommit(self._write_batch, timeout)
         try:
             self.create_schema()
@@ -110,6 +122,16 @@ class Store:
             raise
 
     def create_schema(self) -> None:
+        """Create or upgrade the tables; only read when they are current, so that commands that
+        only read work on a read-only disk."""
+        try:
+            with self.engine.connect() as conn:
+                if conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() == (
+                    database.SCHEMA_VERSION
+                ):
+                    return
+        except sa.exc.SQLAlchemyError:
+            pass  # no tables yet
         with self.transaction() as conn:
             create_schema(conn)
 
@@ -117,6 +139,9 @@ class Store:
         self.engine.dispose()
         if isinstance(self._write_lock, FileLock):
             self._write_lock.close()
+
+    def writer_is_alive(self) -> bool:
+        return self._writer.is_alive()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -201,26 +226,58 @@ class Store:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
 
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the lock called `name` in every process that uses this database: a PostgreSQL
+        advisory lock, or a file beside the SQLite database.
+
+        :raise StorageUnavailable: on SQLite, the lock was not had within `timeout`.
+        """
+        digest = hashlib.sha256(name.encode()).digest()
+        if self.dialect != "postgresql":
+            lock = self._locks.setdefault(name, write_lock(f"{self.url}.{digest.hex()[:16]}", 600))
+            with lock:
+                yield
+            return
+        key = {"key": int.from_bytes(digest[:8], "big", signed=True)}
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
+            try:
+                yield
+            finally:  # a session lock outlives the transaction: unlock before the pool takes it
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
+
     # --- delivery -------------------------------------------------------------------------------
 
     def claim_due(
         self, limit: int, lease: float, destinations: Iterable[str] | None = None
     ) -> list[Delivery]:
-        """Atomically claim up to `limit` due deliveries for `lease` seconds."""
+        """Atomically claim up to `limit` due deliveries (to `destinations`, default any) for
+        `lease` seconds."""
+        due = deliveries.c.next_attempt_at <= self.clock()
+        if destinations is not None:
+            due &= deliveries.c.destination.in_(list(destinations))
+        return self._claim(due, limit, lease)
+
+    def claim_orphans(self, known: Iterable[str], limit: int, lease: float) -> list[Delivery]:
+        """Claim pending deliveries to a destination not in `known`, due or not (none will be
+        sent again), unless a live claim holds them."""
+        free = deliveries.c.claimed_by.is_(None) | (deliveries.c.next_attempt_at <= self.clock())
+        return self._claim(free & deliveries.c.destination.not_in(list(known)), limit, lease)
+
+    def _claim(self, where: sa.ColumnElement[bool], limit: int, lease: float) -> list[Delivery]:
         now, claim = self.clock(), new_id()
-        due = (
+        chosen = (
             sa.select(deliveries.c.id)
-            .where(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now)
+            .where(deliveries.c.status == "pending", where)
             .order_by(deliveries.c.next_attempt_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        if destinations is not None:
-            due = due.where(deliveries.c.destination.in_(list(destinations)))
         with self.transaction() as conn:
             claimed = conn.execute(
                 deliveries.update()
-                .where(deliveries.c.id.in_(due.scalar_subquery()))
+                .where(deliveries.c.id.in_(chosen.scalar_subquery()))
                 .values(claimed_by=claim, next_attempt_at=now + lease, updated_at=now)
             ).rowcount
             if not claimed:

@@ -14,13 +14,13 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from hookrelay import metrics
 from hookrelay.auth import authenticate, check_address
 from hookrelay.config import Config, default_config_path, load_config
-from hookrelay.errors import Rejected, StorageUnavailable, TooLarge, UnknownSource
+from hookrelay.errors import Rejected, RequestTimeout, StorageUnavailable, TooLarge, UnknownSource
 from hookrelay.runtime import Relay, configure_logging
 from hookrelay.sources import parse_events
 
@@ -42,7 +42,9 @@ def create_app(config: Config | None = None, worker: bool | None = None) -> Flas
     app.register_error_handler(HTTPException, _http_error)
     if relay.config.trusted_proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=relay.config.trusted_proxy_hops)  # type: ignore[method-assign]
+    relay.warn()
     relay.watch()
+    metrics.start_flusher(relay.store)
     if worker if worker is not None else os.environ.get("RELAY_WORKER", "on") != "off":
         relay.worker.start()
         atexit.register(relay.worker.stop)
@@ -91,6 +93,12 @@ def _body(limit: int) -> bytes:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:
         raise too_large from None
+    except ClientDisconnected as exc:
+        # Werkzeug reports any failed read as a disconnection; one that ran out of time (the
+        # server's deadline, hookrelay.serving) is a slow client, told so with a 408.
+        if isinstance(exc.__context__, TimeoutError):
+            raise RequestTimeout(exc.__context__) from None
+        raise
     if len(body) > limit:
         raise too_large
     return body
@@ -108,6 +116,7 @@ def readyz() -> ResponseReturnValue:
         relay().store.ping()
     except Exception as exc:  # whatever the driver raises, the answer is "not ready"
         problems.append(f"storage does not answer ({type(exc).__name__})")
+    problems += relay().problems()
     if problems:
         return {"status": "unavailable", "problems": problems}, 503
     if relay().config_problems:  # still ready: the last good configuration is running

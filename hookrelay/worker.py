@@ -3,7 +3,12 @@
 Each thread claims at most one destination batch at a time, so a claim's lease only has to cover
 filling it (`batch_wait`) and one send. Outcomes: delivered; skipped (the mapping's `when`, or a
 required field missing); pending again after a backoff (RetryLater); dead (Permanent, or
-max_attempts reached), replayable. One more thread erases what `retention_days` no longer keeps.
+max_attempts reached), replayable. One more thread keeps house: it ends the deliveries whose
+destination left the config, and erases what `retention_days` no longer keeps.
+
+No loop here ends for an error: whatever one delivery raises becomes that delivery's outcome
+(an unexpected exception: dead, "internal error (TypeName)", logged with ids and a traceback
+without values), and a loop that fails as a whole (storage down) logs, backs off and goes on.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,7 +28,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from hookrelay import metrics, retention
 from hookrelay.config import Policy
 from hookrelay.destinations import Destination, Record
-from hookrelay.errors import DeliveryError, Permanent, RetryLater, Skip, Throttled
+from hookrelay.errors import (
+    DeliveryError,
+    Permanent,
+    Refused,
+    RetryLater,
+    Skip,
+    StorageUnavailable,
+    Throttled,
+    trace,
+)
 from hookrelay.sources import normalise
 from hookrelay.store import Delivery, Outcome
 
@@ -31,6 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 PURGE_EVERY = 3600.0  # seconds between two retention purges
+HOUSEKEEPING_EVERY = 60.0  # seconds between two looks for deliveries to a removed destination
 
 
 def backoff(
@@ -42,7 +58,8 @@ def backoff(
     """Seconds before the next attempt: Retry-After when the vendor gave one, else full jitter."""
     if retry_after is not None:
         return min(retry_after, policy.backoff_max)
-    ceiling: float = min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1))
+    # 2 ** 60 s is past any backoff_max: a larger exponent would only overflow the float.
+    ceiling: float = min(policy.backoff_max, policy.backoff_initial * 2 ** min(attempt - 1, 60))
     return rng() * ceiling
 
 
@@ -50,6 +67,7 @@ class Worker:
     def __init__(self, relay: Relay, threads: int = 4) -> None:
         self.relay, self.threads = relay, threads
         self._wakeup, self._stopping = threading.Event(), threading.Event()
+        self._reloaded = threading.Event()  # a new config may have dropped a destination
         self._running: list[threading.Thread] = []
         self._gates: dict[str, threading.Lock] = {}
         self._gates_lock = threading.Lock()
@@ -59,7 +77,9 @@ class Worker:
             threading.Thread(target=self._loop, args=(i,), name=f"worker-{i}", daemon=True)
             for i in range(self.threads)
         ]
-        self._running.append(threading.Thread(target=self._purge, name="retention", daemon=True))
+        self._running.append(
+            threading.Thread(target=self._keep_house, name="housekeeping", daemon=True)
+        )
         for thread in self._running:
             thread.start()
 
@@ -67,6 +87,7 @@ class Worker:
         """Let each thread finish the batch it holds, then return."""
         self._stopping.set()
         self._wakeup.set()
+        self._reloaded.set()
         for thread in self._running:
             thread.join(timeout)
 
@@ -83,30 +104,61 @@ class Worker:
         """New deliveries were stored: look now instead of at the next poll."""
         self._wakeup.set()
 
+    def config_changed(self) -> None:
+        """A new config took effect: look for deliveries to a removed destination now."""
+        self._reloaded.set()
+
+    def problems(self) -> list[str]:
+        """Why this worker is not delivering: a thread of it that is no longer alive."""
+        if self._stopping.is_set():
+            return []
+        return [f"worker thread {t.name} is not alive" for t in self._running if not t.is_alive()]
+
     def _loop(self, offset: int) -> None:
+        failures = 0
         while not self._stopping.is_set():
             try:
                 done = self.run_once(offset)
-            except SQLAlchemyError as exc:
-                logger.error("storage unavailable to the worker (%s); retrying", type(exc).__name__)
-                done = 0
+                failures = 0
+            except Exception as exc:  # the loop must outlive anything; back off and go on
+                failures += 1
+                _log_failure("the worker", exc)
+                self._stopping.wait(min(30.0, 0.1 * 2 ** min(failures, 10)))
+                continue
             if not done:
                 self._wakeup.wait(self.idle())
                 self._wakeup.clear()
 
-    def _purge(self) -> None:
-        """Erase what `retention_days` no longer keeps: at start, then every hour."""
-        while True:
-            days = self.relay.config.retention_days
+    def _keep_house(self) -> None:
+        """End deliveries to removed destinations, after each reload and every minute; erase what
+        `retention_days` no longer keeps, at start and then every hour."""
+        purged_at = -PURGE_EVERY
+        while not self._stopping.is_set():
             try:
-                erased = retention.purge(self.relay.store, time.time() - days * 86400)
-            except SQLAlchemyError as exc:
-                logger.error("storage unavailable for the purge (%s)", type(exc).__name__)
-            else:
-                if erased:
-                    logger.info("finished events erased: %d (retention_days: %d)", erased, days)
-            if self._stopping.wait(PURGE_EVERY):
-                return
+                self.end_orphans()
+                if time.monotonic() - purged_at >= PURGE_EVERY:
+                    purged_at = time.monotonic()
+                    self.purge()
+            except Exception as exc:  # the next round tries again
+                _log_failure("housekeeping", exc)
+            self._reloaded.wait(HOUSEKEEPING_EVERY)
+            self._reloaded.clear()
+
+    def purge(self) -> None:
+        days = self.relay.config.retention_days
+        erased = retention.purge(self.relay.store, time.time() - days * 86400)
+        if erased:
+            logger.info("finished events erased: %d (retention_days: %d)", erased, days)
+
+    def end_orphans(self) -> int:
+        """End dead the pending deliveries whose destination is no longer in the config (a
+        replay sends them once it is back); returns how many."""
+        config, ended = self.relay.config, 0
+        while batch := self.relay.store.claim_orphans(config.destinations, 500, 60.0):
+            for name in {d.destination for d in batch}:
+                self.process(name, [d for d in batch if d.destination == name])
+            ended += len(batch)
+        return ended
 
     def idle(self) -> float:
         """Seconds between polls when nothing is due: no longer than the shortest backoff."""
@@ -159,7 +211,11 @@ class Worker:
         policy = self.relay.config.policies.get(name, Policy())
         outcomes, records = self._map(destination, batch)
         if destination is not None and records:
-            outcomes += self._send(destination, policy, records)
+            # Sends that must not overlap (a sheet's header change) wait for one another, in
+            # every process.
+            exclusive = destination.exclusive
+            with self.relay.store.exclusive(exclusive) if exclusive else nullcontext():
+                outcomes += self._send(destination, policy, records)
         self.relay.store.record(outcomes)
         for o in outcomes:
             metrics.ATTEMPTS.labels(name, o.status).inc()
@@ -181,42 +237,59 @@ class Worker:
         for d in batch:
             now = time.time()
             try:
-                if destination is None:
-                    raise Permanent(
-                        f"destination {d.destination!r} is no longer in the config; "
-                        "restore it, then replay"
-                    )
-                mapping = self.relay.config.mappings.get(d.mapping)
-                if mapping is None:
-                    raise Permanent(
-                        f"mappings/{d.mapping}.yaml is no longer there; restore it, then replay"
-                    )
-                fields = mapping.apply(normalise(d.format, json.loads(d.payload)))
-                missing = [f for f in destination.required if fields.get(f) in (None, "")]
-                if missing:
-                    raise Skip(
-                        f"no {', '.join(missing)} in the record; {destination.type} needs it"
-                    )
-                records.append((d, Record(d.id, d.event_id, fields)))
+                records.append((d, self._record(destination, d)))
             except Skip as exc:
                 outcomes.append(Outcome(d, "skipped", now, 0, exc.message, is_attempt=False))
             except Permanent as exc:
                 outcomes.append(Outcome(d, "dead", now, 0, exc.message))
+            except Exception as exc:  # whatever one payload provokes ends that delivery alone
+                outcomes.append(Outcome(d, "dead", now, 0, _internal(exc, d)))
         return outcomes, records
+
+    def _record(self, destination: Destination | None, d: Delivery) -> Record:
+        """The record the delivery's mapping makes of its payload now.
+
+        :raise Skip: the mapping's `when`, or a field the destination requires, rules it out.
+        :raise Permanent: its destination or mapping left the config, or an expression failed.
+        """
+        if destination is None:
+            raise Permanent(
+                f"destination {d.destination!r} is no longer in the config; restore it, then replay"
+            )
+        mapping = self.relay.config.mappings.get(d.mapping)
+        if mapping is None:
+            raise Permanent(
+                f"mappings/{d.mapping}.yaml is no longer there; restore it, then replay"
+            )
+        fields = mapping.apply(normalise(d.format, json.loads(d.payload)))
+        missing = [f for f in destination.required if fields.get(f) in (None, "")]
+        if missing:
+            raise Skip(f"no {', '.join(missing)} in the record; {destination.type} needs it")
+        return Record(d.id, d.event_id, fields)
 
     def _send(
         self, destination: Destination, policy: Policy, records: list[tuple[Delivery, Record]]
     ) -> list[Outcome]:
+        """Send one batch; each delivery of it gets an outcome, whatever the destination raised.
+
+        A batch refused for what a record holds (Refused) is split in halves, and each sent on
+        its own, until the record at fault stands alone: its neighbours are delivered.
+        """
         started = time.time()
         try:
             destination.send([r for _, r in records])
-        except DeliveryError as exc:
+        except Refused as exc:
+            if len(records) > 1:
+                half = len(records) // 2
+                return self._send(destination, policy, records[:half]) + self._send(
+                    destination, policy, records[half:]
+                )
             error: DeliveryError | None = exc
-        except Exception as exc:  # a bug in a destination must not lose the delivery: retry it
-            logger.error(
-                "destination %s raised %s; will retry", destination.name, type(exc).__name__
-            )
-            error = RetryLater(f"internal error ({type(exc).__name__}); see the relay's log")
+        except DeliveryError as exc:
+            error = exc
+        except Exception as exc:  # a bug in a destination ends the batch, never the thread
+            took = int((time.time() - started) * 1000)
+            return [Outcome(d, "dead", started, took, _internal(exc, d)) for d, _ in records]
         else:
             error = None
         took = int((time.time() - started) * 1000)
@@ -249,3 +322,22 @@ class Worker:
             message = f"gave up after {attempt} attempts: {error.message}"
             return Outcome(d, "dead", started, took, message, status)
         return Outcome(d, "dead", started, took, error.message, status)
+
+
+def _internal(exc: Exception, d: Delivery) -> str:
+    """Log an unexpected exception with the delivery's ids; the reason its attempt log keeps."""
+    logger.error(
+        "delivery %s of event %s to %s: internal error\n%s",
+        d.id,
+        d.event_id,
+        d.destination,
+        trace(exc),
+    )
+    return f"internal error ({type(exc).__name__}); see the relay's log"
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    if isinstance(exc, SQLAlchemyError | StorageUnavailable):
+        logger.error("storage unavailable to %s (%s); retrying", what, type(exc).__name__)
+    else:
+        logger.error("%s failed; retrying\n%s", what, trace(exc))

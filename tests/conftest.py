@@ -86,7 +86,8 @@ def sample(name: str) -> bytes:
 def participation(n: int, state: str = "COMPLETED", **changes: Any) -> bytes:
     """A distinct participation, built from the v2 sample."""
     data = json.loads(sample("v2-complete.json"))
-    data.update(id=f"00000000-0000-4000-8000-{n:012d}", state=state, **changes)
+    data.update(id=f"00000000-0000-4000-8000-{n:012d}", state=state)
+    data.update(changes)
     return json.dumps(data, ensure_ascii=False).encode()
 
 
@@ -140,7 +141,7 @@ def basic_config(directory: Path, sink_url: str = "http://127.0.0.1:9", **extra:
         storage_timeout: {extra.pop("storage_timeout", "5s")}
         sources:
           qualifio: {{format: qualifio, auth: {auth}}}
-          plain: {{format: json}}
+          plain: {{format: json, auth: none}}
         destinations:
           sink: {{type: http, url: "{sink_url}", {extra.pop("sink_options", "")}}}
         routes:

@@ -7,7 +7,7 @@ import pytest
 from hookrelay.config import load_config
 from hookrelay.destinations import DESTINATIONS
 from hookrelay.errors import ConfigError, InvalidConfig
-from tests.conftest import PASS_MAPPING, write_config
+from tests.conftest import PASS_MAPPING, participation, write_config
 
 GOOD = """\
 storage: sqlite:///relay.db
@@ -93,6 +93,26 @@ def test_a_good_config_loads_with_defaults_and_overrides(tmp_path, monkeypatch):
             "expected a file ending in",
         ),
         (("{from: qualifio", "[from: qualifio"), "config.yaml:8", "invalid YAML"),
+        (
+            ('["${QS_SECRET:-dev}"]', "[]"),
+            "config.yaml:3: sources.qualifio.auth.signature.secrets",
+            "no secret to check signatures with",
+        ),
+        (
+            ('["${QS_SECRET:-dev}"]', '["${QS_UNSET_VAR:-}", ""]'),
+            "config.yaml:3: sources.qualifio.auth.signature.secrets",
+            "no secret to check signatures with",
+        ),
+        (
+            ('auth: {signature: {secrets: ["${QS_SECRET:-dev}"]}}', "auth: {}"),
+            "config.yaml:3: sources.qualifio.auth",
+            "write `auth: none` to accept requests from anyone",
+        ),
+        (
+            (', auth: {signature: {secrets: ["${QS_SECRET:-dev}"]}}', ""),
+            "config.yaml:3: sources.qualifio.auth",
+            "a source needs at least one check",
+        ),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path, change, where, message):
@@ -102,6 +122,20 @@ def test_errors_name_file_line_and_key(tmp_path, change, where, message):
     text = str(caught.value)
     assert text.startswith(str(tmp_path / where) if "/" in where else f"{tmp_path}/{where}"), text
     assert message in text
+
+
+def test_an_empty_optional_secret_is_left_out(tmp_path):
+    text = GOOD.replace('"${QS_SECRET:-dev}"', '"${QS_SECRET:-dev}", "${QS_OLD_UNSET:-}"')
+    config = load_config(write_config(tmp_path, text, {"pass": PASS_MAPPING}))
+    assert config.sources["qualifio"].auth.signature_secrets == ("dev",)
+
+
+def test_auth_none_accepts_anyone_and_says_so_at_start(tmp_path, sink, start_relay, caplog):
+    text = GOOD.replace('auth: {signature: {secrets: ["${QS_SECRET:-dev}"]}}', "auth: none")
+    text = text.replace("sqlite:///relay.db", "${RELAY_TEST_STORAGE}")
+    relay = start_relay(write_config(tmp_path, text, {"pass": PASS_MAPPING}))
+    assert "source qualifio accepts requests from anyone (auth: none)" in caplog.messages
+    assert relay.post(participation(1), secret=None).status_code == 202
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,6 @@ def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
         config_path = basic_config(tmp_path, sink.url, lease="2s", max_attempts="50")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        (tmp_path / "metrics").mkdir()
         web_env = {
             **os.environ,
             "RELAY_CONFIG": str(config_path),
@@ -78,7 +77,6 @@ def test_sigkill_loses_nothing_and_repeats_keep_their_webhook_id(
             "HOST": "127.0.0.1",
             "RELAY_WORKER": "off",
             "WEB_CONCURRENCY": "2",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         }
         web = Supervised(
             "web",

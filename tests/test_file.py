@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
+import resource
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ import pytest
 from hookrelay.destinations import Context, Record
 from hookrelay.destinations.file import File
 from hookrelay.errors import ConfigError
+from tests.conftest import RunningRelay, participation, write_config
+from tests.processes import wait_until
 
 
 def file_destination(tmp_path: Path, name: str) -> File:
@@ -80,3 +84,75 @@ def test_concurrent_processes_never_interleave_or_lose_rows(tmp_path):
     with open(tmp_path / "rows.csv", encoding="utf-8") as f:
         header = next(csv.reader(f))
     assert {"col0", "col1", "col2", "col3"} <= set(header)
+
+
+FILE_CONFIG = """
+storage: ${{RELAY_TEST_STORAGE}}
+sources:
+  qualifio: {{format: qualifio, auth: none}}
+destinations:
+  rows: {{type: file, path: {path}}}
+routes:
+  - {{from: qualifio, mapping: row, to: [rows]}}
+delivery: {{backoff: {{initial: 50ms, max: 200ms}}, max_attempts: 50}}
+"""
+ROW = "fields: {id: id, firstname: variables.firstname, campaign: campaign.name}"
+
+
+@pytest.mark.parametrize("name", ["rows.csv", "rows.jsonl"])
+def test_a_record_that_cannot_be_written_is_dead_alone(tmp_path, start_relay, name):
+    relay = start_relay(
+        write_config(tmp_path, FILE_CONFIG.format(path=name), {"row": ROW}), worker=False
+    )
+    for n in range(61):
+        body = participation(n)
+        if n == 30:  # a lone surrogate: valid as a JSON escape, not as UTF-8
+            body = body.replace("Zoë".encode(), b"Zo\\ud800")
+        assert relay.post(body, secret=None).status_code == 202
+    relay.relay.worker.start()
+    assert sorted(relay.wait_settled(30)) == ["dead"] + ["delivered"] * 60
+    [dead] = [d for d in relay.deliveries() if d["status"] == "dead"]
+    assert "cannot be written as UTF-8" in dead["last_error"]
+    text = (tmp_path / name).read_text(encoding="utf-8")
+    ids = (
+        [r["id"] for r in read_csv(tmp_path / name)]
+        if name.endswith(".csv")
+        else [json.loads(line)["id"] for line in text.splitlines()]
+    )
+    assert sorted(ids) == sorted(json.loads(participation(n))["id"] for n in range(61) if n != 30)
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[Callable[[int], None]]:
+    """Set the most this process may write into any file, as a full disk would; restored."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    yield lambda size: resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.fixture
+def relay_on_postgresql(tmp_path, pg_storage) -> Iterator[RunningRelay]:
+    """On PostgreSQL, whose files are the server's: only the destination writes files here."""
+    relay = RunningRelay(
+        write_config(tmp_path, FILE_CONFIG.format(path="rows.jsonl"), {"row": ROW})
+    )
+    yield relay
+    relay.stop()
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_no_partial_line(
+    tmp_path, relay_on_postgresql, file_size_limit
+):
+    relay = relay_on_postgresql
+    relay.post(participation(0), secret=None)
+    assert relay.wait_settled() == ["delivered"]
+    path = tmp_path / "rows.jsonl"
+    file_size_limit(path.stat().st_size + 150)  # room for part of one more line, not all of it
+    for n in range(1, 6):
+        relay.post(participation(n), secret=None)
+    wait_until(lambda: any(d["last_error"] for d in relay.deliveries()))
+    assert "cannot write" in next(d["last_error"] for d in relay.deliveries() if d["last_error"])
+    file_size_limit(resource.RLIM_INFINITY)  # space again: the retry writes the batch whole
+    assert relay.wait_settled() == ["delivered"] * 6
+    ids = [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()]
+    assert sorted(ids) == sorted(json.loads(participation(n))["id"] for n in range(6))

@@ -13,7 +13,7 @@ from hookrelay.config import load_config
 from hookrelay.destinations import Context, Record
 from hookrelay.destinations.google_sheets import GoogleSheets
 from hookrelay.errors import ConfigError, Permanent
-from tests.conftest import participation, vendor_config
+from tests.conftest import participation, vendor_config, write_config
 from tests.fakes.google import EMAIL, FakeGoogle, Spreadsheet, error, private_key
 from tests.fakes.server import Answer
 from tests.processes import wait_until
@@ -300,3 +300,65 @@ def test_a_token_google_no_longer_accepts_is_replaced(tmp_path, google, monkeypa
     assert relay.wait_settled() == ["delivered", "delivered"]
     assert len(google.oauth.requests) == 2
     assert len(google.sheet("sheet-1", "Participations")) == 3
+
+
+def test_a_row_sheets_refuses_is_dead_alone_and_its_neighbours_written(
+    tmp_path, google, monkeypatch, start_relay
+):
+    relay = start_relay(sheets_config(tmp_path, google, monkeypatch), worker=False)
+    for n in range(10):
+        body = json.loads(participation(n))
+        if n == 6:  # Google takes at most 50,000 characters in a cell
+            body["questionnaire"][2]["responses"][0]["value"] = "long answer " * 5000
+        assert relay.post(json.dumps(body).encode()).status_code == 202
+    relay.relay.worker.start()
+    assert sorted(relay.wait_settled(30)) == ["dead"] + ["delivered"] * 9
+    [dead] = [d for d in relay.deliveries() if d["status"] == "dead"]
+    assert "50000 characters in a single cell" in dead["last_error"]
+    header, *rows = google.sheet("sheet-1", "Participations")
+    ids = sorted(dict(zip(header, row, strict=False))["id"] for row in rows)
+    assert ids == sorted(json.loads(participation(n))["id"] for n in range(10) if n != 6)
+
+
+TWO_WRITERS = """
+storage: ${{RELAY_TEST_STORAGE}}
+sources:
+  qualifio: {{format: qualifio, auth: none}}
+destinations:
+  with_a: {sheet}
+  with_b: {sheet}
+routes:
+  - {{from: qualifio, mapping: a, to: [with_a]}}
+  - {{from: qualifio, mapping: b, to: [with_b]}}
+delivery: {{backoff: {{initial: 50ms, max: 200ms}}}}
+"""
+
+
+def test_writers_adding_columns_at_once_never_put_a_value_under_another_column(
+    tmp_path, google, monkeypatch, start_relay
+):
+    """Two destinations on one tab, each adding its own column: they read, extend and write the
+    header one after the other (the lock every process shares), or one column would be lost and
+    its values land under the other's name."""
+    monkeypatch.setenv("GOOGLE_CREDENTIALS", json.dumps(google.credentials()))
+    google.spreadsheets["sheet-1"] = Spreadsheet(tabs={"Participations": [["id"]]})
+    google.slow_reads = 0.3  # both writers would read the header before either writes it
+    sheet = (
+        "{type: google_sheets, spreadsheet_id: sheet-1, sheet: Participations, batch_wait: 0s, "
+        f'credentials: "${{GOOGLE_CREDENTIALS}}", base_url: "{google.sheets_url}"}}'
+    )
+    config = write_config(
+        tmp_path,
+        TWO_WRITERS.format(sheet=sheet),
+        {"a": "fields: {id: id, a: a}", "b": "fields: {id: id, b: b}"},
+    )
+    relay = start_relay(config, worker=False)
+    for n in range(5):
+        relay.post(participation(n, a=f"a-{n}", b=f"b-{n}"), secret=None)
+    relay.relay.worker.start()
+    assert relay.wait_settled(30) == ["delivered"] * 10
+    header, *rows = google.sheet("sheet-1", "Participations")
+    assert sorted(header) == ["a", "b", "id"]
+    cells = [dict(zip(header, row, strict=False)) for row in rows]
+    assert sorted(c["a"] for c in cells if c.get("a")) == [f"a-{n}" for n in range(5)]
+    assert sorted(c["b"] for c in cells if c.get("b")) == [f"b-{n}" for n in range(5)]

@@ -48,7 +48,6 @@ def processes(
         "HOST": "127.0.0.1",
         "RELAY_WORKER": "off",
         "WEB_CONCURRENCY": str(webs),
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
     }
     url = f"http://127.0.0.1:{port}"
     gunicorn = [

@@ -70,7 +70,6 @@ def test_edits_are_picked_up_by_every_worker_and_bad_ones_refused(tmp_path, stor
         "HOST": "127.0.0.1",
         "WEB_CONCURRENCY": "2",
         "RELAY_RELOAD_SECONDS": "0.2",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
     }
     with open(log, "w") as out:
         server = subprocess.Popen(

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from hookrelay import history
+from hookrelay.database import SCHEMA_VERSION
 from hookrelay.errors import RelayError
 from hookrelay.store import Outcome, Store
 from tests.conftest import ingest
@@ -131,7 +132,9 @@ def test_many_processes_starting_at_once_create_the_schema_once(storage):
         t.join()
     assert errors == []
     with stores[0].engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version FROM schema_version").scalars().all() == [1]
+        assert conn.exec_driver_sql("SELECT version FROM schema_version").scalars().all() == [
+            SCHEMA_VERSION
+        ]
     for s in stores:
         s.close()
 
@@ -139,5 +142,7 @@ def test_many_processes_starting_at_once_create_the_schema_once(storage):
 def test_a_newer_schema_is_refused_with_a_clear_message(store, storage):
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE schema_version SET version = 99")
-    with pytest.raises(RelayError, match="schema version 99, newer than this relay's 1"):
+    with pytest.raises(
+        RelayError, match=f"schema version 99, newer than this relay's {SCHEMA_VERSION}"
+    ):
         Store(storage)

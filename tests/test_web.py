@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 
 import pytest
@@ -14,7 +15,15 @@ import requests
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PASS_MAPPING, SECRET, basic_config, participation, sample, write_config
+from tests.conftest import (
+    PASS_MAPPING,
+    SECRET,
+    RunningRelay,
+    basic_config,
+    participation,
+    sample,
+    write_config,
+)
 
 V2 = sample("v2-complete.json")
 
@@ -81,6 +90,12 @@ def storage_locked(storage):
         ("JSON that is not an object", 400, "expected a JSON object"),
         ("participation without id", 400, "has an 'id'"),
         ("empty array", 400, "expected a JSON object"),
+        ("UTF-16 body", 400, "not UTF-8"),
+        ("Latin-1 body", 400, "not UTF-8"),
+        ("NaN", 400, "NaN is not a JSON number"),
+        ("Infinity", 400, "Infinity is not a JSON number"),
+        ("nesting deeper than 64", 400, "nested deeper than 64"),
+        ("100,000 nested brackets", 400, "nested deeper than 64"),
         ("missing signature", 401, "missing or wrong credentials"),
         ("wrong signature", 401, "missing or wrong credentials"),
         ("signature with another secret", 401, "missing or wrong credentials"),
@@ -100,6 +115,12 @@ def test_bad_requests_get_a_precise_answer(
         "JSON that is not an object": b'"hello"',
         "participation without id": b'{"state": "COMPLETED"}',
         "empty array": b"[]",
+        "UTF-16 body": V2.decode().encode("utf-16"),
+        "Latin-1 body": V2.decode().encode("latin-1", "replace"),
+        "NaN": b'{"id": "x", "score": NaN}',
+        "Infinity": b'{"id": "x", "score": -Infinity}',
+        "nesting deeper than 64": b'{"id": "x", "a": ' + b"[" * 64 + b"]" * 64 + b"}",
+        "100,000 nested brackets": b"[" * 100_000 + b"]" * 100_000,
     }
     url, headers, body = f"{relay.url}/hooks/qualifio", {}, bodies.get(request_kind, V2)
     sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -128,6 +149,17 @@ def test_bad_requests_get_a_precise_answer(
         assert len(relay.events()) == 1
     else:
         assert relay.statuses() == []  # nothing stored
+
+
+def test_a_utf8_bom_is_dropped_and_nesting_of_64_accepted(tmp_path, sink, start_relay):
+    relay = start_relay(basic_config(tmp_path, sink.url))
+    assert relay.post(b"\xef\xbb\xbf" + V2).status_code == 202
+    deep = participation(2, deep=json.loads("[" * 63 + "]" * 63))  # 64 with the object itself
+    assert relay.post(deep).status_code == 202
+    assert relay.wait_settled() == ["delivered", "delivered"]
+    assert sorted(r.json()["id"] for r in sink.requests) == sorted(
+        [json.loads(V2)["id"], json.loads(deep)["id"]]
+    )
 
 
 def test_unknown_route_is_a_json_404(tmp_path, start_relay):
@@ -264,15 +296,17 @@ def test_healthz_readyz_and_metrics(tmp_path, sink, start_relay):
     assert after[("hookrelay_deliveries", (("destination", "sink"), ("status", "delivered")))] == 1
 
 
-def test_readyz_says_why_storage_is_not_ready(tmp_path, sink, start_relay, storage):
-    if not storage.startswith("sqlite"):
-        pytest.skip("PostgreSQL's readiness is tested by restarting the server (test_postgres)")
-    # Without its worker: a polling worker would create the file again between unlink and mkdir.
-    relay = start_relay(basic_config(tmp_path, sink.url), worker=False)
-    relay.relay.store.engine.dispose()
-    (tmp_path / "relay.db").unlink()
-    (tmp_path / "relay.db").mkdir()  # the database path is now a directory: SQLite cannot open it
-    answer = requests.get(f"{relay.url}/readyz", timeout=5)
+def test_readyz_says_why_storage_is_not_ready(tmp_path, sink):
+    """On SQLite; PostgreSQL's readiness is tested by restarting its server (test_postgres).
+    Without its worker: a polling worker would create the file again between unlink and mkdir."""
+    relay = RunningRelay(basic_config(tmp_path, sink.url), worker=False)
+    try:
+        relay.relay.store.engine.dispose()
+        (tmp_path / "relay.db").unlink()
+        (tmp_path / "relay.db").mkdir()  # the database path is a directory: SQLite cannot open it
+        answer = requests.get(f"{relay.url}/readyz", timeout=5)
+    finally:
+        relay.stop()
     assert answer.status_code == 503
     assert answer.json()["problems"] == ["storage does not answer (OperationalError)"]
     assert json.dumps(answer.json()).count("relay.db") == 0
@@ -296,7 +330,7 @@ def test_a_dedupe_expression_that_fails_still_stores_the_participation(tmp_path,
         f"""
         storage: ${{RELAY_TEST_STORAGE}}
         sources:
-          qualifio: {{format: qualifio, dedupe: "lower(campaign)"}}
+          qualifio: {{format: qualifio, auth: none, dedupe: "lower(campaign)"}}
         destinations:
           sink: {{type: http, url: "{sink.url}"}}
         routes:
@@ -312,3 +346,25 @@ def test_a_dedupe_expression_that_fails_still_stores_the_participation(tmp_path,
         "duplicate": True,
     }
     assert relay.wait_settled() == ["delivered"]
+
+
+def test_participations_whose_id_and_state_join_alike_are_two_events(tmp_path, sink, start_relay):
+    relay = start_relay(basic_config(tmp_path, sink.url))
+    first = relay.post(participation(1, id="X/x", state="y"))
+    second = relay.post(participation(1, id="X", state="x/y"))
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.json()["event_id"] != second.json()["event_id"]
+    assert relay.wait_settled() == ["delivered", "delivered"]
+
+
+def test_requests_beside_ones_with_a_nul_or_a_huge_id_are_all_stored(tmp_path, sink, start_relay):
+    """PostgreSQL refuses a NUL in text, and indexes at most ~2.7 KB: neither reaches it, and
+    nothing one request holds can fail the group commit it shares with others."""
+    relay = start_relay(basic_config(tmp_path, sink.url))
+    bodies = [participation(n) for n in range(60)]
+    bodies += [participation(100 + n, id=f"nul\x00{n}") for n in range(5)]
+    bodies += [participation(200 + n, id=f"{n}" + "x" * 10_000) for n in range(5)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(relay.post, bodies))
+    assert [a.status_code for a in answers] == [202] * 70
+    assert relay.wait_settled(30) == ["delivered"] * 70

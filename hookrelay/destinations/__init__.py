@@ -3,7 +3,8 @@
 A destination class declares its options as keyword-only constructor parameters: options typed
 `int`, `float` (a duration: 2s, 500ms) or `bool` are checked and converted for it, the rest it
 validates itself (raising ConfigError with the option's name as key). It sends a batch of at most
-`batch_size` records, raising RetryLater, Permanent or Skip for the whole batch.
+`batch_size` records, raising RetryLater, Permanent or Skip for the whole batch, or Refused when
+the batch was refused for what one of its records holds (the worker then splits it).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class Destination(Protocol):
     @property
     def limit(self) -> RateLimit | None:
         """The vendor's rate limit: the worker claims nothing for this destination while spent."""
+
+    @property
+    def exclusive(self) -> str | None:
+        """A lock name when two sends must never overlap, in any process (a sheet's header is
+        read, extended and written under it); None for most."""
 
     def send(self, records: list[Record]) -> None: ...
 

@@ -17,7 +17,7 @@ from hookrelay.errors import ConfigError, Permanent
 class Brevo:
     type: ClassVar[str] = "brevo"
     required: ClassVar[tuple[str, ...]] = ("email",)
-    batch_size, batch_wait = 1, 0.0
+    batch_size, batch_wait, exclusive = 1, 0.0, None
 
     def __init__(
         self,

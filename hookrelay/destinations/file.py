@@ -3,6 +3,10 @@
 Safe under concurrent workers and processes: every write holds an exclusive lock on
 `<path>.lock`. CSV columns come from the first record; a record with new fields extends the header
 (the file is rewritten once, under the lock), so every row stays aligned with its header.
+
+A batch is written whole or not at all: a write that fails midway (a full disk) is cut back to
+where it started, so no partial line is left for the next one to be appended onto. A record that
+cannot be written as UTF-8 (a lone surrogate) is Refused, and the worker writes its neighbours.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from hookrelay.destinations import Context, Record
-from hookrelay.errors import ConfigError, RetryLater
+from hookrelay.errors import ConfigError, Refused, RetryLater
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -26,7 +30,7 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 class File:
     type: ClassVar[str] = "file"
     required: ClassVar[tuple[str, ...]] = ()
-    batch_size, batch_wait, limit = 500, 0.0, None
+    batch_size, batch_wait, limit, exclusive = 500, 0.0, None, None
 
     def __init__(self, name: str, context: Context, *, path: str) -> None:
         self.name = name
@@ -43,9 +47,8 @@ class File:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._locked():
                 if self.format == "jsonl":
-                    self._append(
-                        "".join(json.dumps(r.fields, ensure_ascii=False) + "\n" for r in records)
-                    )
+                    lines = (json.dumps(r.fields, ensure_ascii=False) + "\n" for r in records)
+                    self._append(_utf8("".join(lines)))
                 else:
                     self._append_csv([r.fields for r in records])
         except OSError as exc:
@@ -60,24 +63,33 @@ class File:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _append(self, text: str) -> None:
-        with open(self.path, "a", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    def _append(self, data: bytes) -> None:
+        """Append `data` and fsync it, or leave the file as it was. Unbuffered, so that what a
+        failed write left is known and cut back, not flushed again when the file closes."""
+        with open(self.path, "ab", buffering=0) as f:
+            start = f.tell()
+            try:
+                left = memoryview(data)
+                while left:
+                    left = left[f.write(left) :]
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(start)
+                raise
 
     def _append_csv(self, rows: list[dict[str, Any]]) -> None:
         header = self._header()
         new = [k for row in rows for k in row if k not in header]
         columns = header + list(dict.fromkeys(new))
-        if header and new:
-            self._rewrite(columns)
         out = io.StringIO()
         writer = csv.DictWriter(out, columns, restval="")
         if not header:
             writer.writeheader()
         writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
-        self._append(out.getvalue())
+        data = _utf8(out.getvalue())  # before the header changes: a refused batch changes nothing
+        if header and new:
+            self._rewrite(columns)
+        self._append(data)
 
     def _header(self) -> list[str]:
         try:
@@ -99,6 +111,16 @@ class File:
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(temporary, self.path)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(
+            "a record holds text that cannot be written as UTF-8 (a lone surrogate escape such "
+            "as \\ud800 in the participation)"
+        ) from None
 
 
 def _cell(value: Any) -> str:

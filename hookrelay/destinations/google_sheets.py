@@ -9,8 +9,10 @@ Google counts one append of many rows as one write request and allows 60 per min
 account, so the worker gathers deliveries into batches (`batch_size`, `batch_wait`) and every
 destination on one service account shares one rate limit in the process.
 
-Auth is a service account (see _google); the header read and the append of one sheet run under
-one lock, so threads also share one token refresh.
+Auth is a service account (see _google). The header read, its extension and the append of one
+tab run under one lock in every process (`exclusive`), so two processes adding columns at once
+cannot put rows under the wrong column. An append refused with a 400 is raised as Refused: the
+worker splits the batch until the row at fault stands alone, and the others are written.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from urllib.parse import quote
 from hookrelay import limits
 from hookrelay.destinations import Context, Record, _http
 from hookrelay.destinations._google import ServiceAccount
-from hookrelay.errors import Permanent, RetryLater
+from hookrelay.errors import Permanent, Refused, RetryLater
 
 SCOPE = "https://www.googleapis.com/auth/spreadsheets"
 RAW = {"valueInputOption": "RAW"}  # a value is text, a number or a boolean; never a formula
@@ -60,6 +62,7 @@ class GoogleSheets:
         )
         tab = "'" + self.sheet.replace("'", "''") + "'"
         spreadsheet = quote(str(spreadsheet_id), safe="")
+        self.exclusive = f"google_sheets {spreadsheet} {tab}"
         values = f"{_http.check_url(base_url, 'base_url')}/spreadsheets/{spreadsheet}/values/"
         self.header_url = values + quote(f"{tab}!1:1", safe="")
         self.append_url = values + quote(f"{tab}!A1", safe="") + ":append"
@@ -81,13 +84,18 @@ class GoogleSheets:
             else:
                 self._report(new)
             values += [[row.get(column, "") for column in header] for row in rows]
-            self._request(
-                "POST",
-                self.append_url,
-                params={**RAW, "insertDataOption": "INSERT_ROWS"},
-                json=_rows(values),
-                idempotent=False,
-            )
+            try:
+                self._request(
+                    "POST",
+                    self.append_url,
+                    params={**RAW, "insertDataOption": "INSERT_ROWS"},
+                    json=_rows(values),
+                    idempotent=False,
+                )
+            except Permanent as exc:
+                if exc.status == 400:  # a value Sheets will not take: find the row at fault
+                    raise Refused(exc.message, status=400) from None
+                raise
 
     def _header(self) -> list[str]:
         """The tab's first row; column names are matched as written, blanks hold a place."""

@@ -22,7 +22,7 @@ from hookrelay.errors import ConfigError
 class Http:
     type: ClassVar[str] = "http"
     required: ClassVar[tuple[str, ...]] = ()
-    batch_size, batch_wait, limit = 1, 0.0, None
+    batch_size, batch_wait, limit, exclusive = 1, 0.0, None, None
 
     def __init__(
         self,
@@ -46,7 +46,7 @@ class Http:
 
     def send(self, records: list[Record]) -> None:
         for record in records:
-            body = json.dumps(record.fields, ensure_ascii=False).encode()
+            body = _json(record.fields)
             _http.request(
                 self.session,
                 "POST",
@@ -73,6 +73,15 @@ class Http:
             digest = hmac.new(self.key, signed, hashlib.sha256).digest()
             headers["webhook-signature"] = "v1," + base64.b64encode(digest).decode()
         return headers
+
+
+def _json(fields: dict[str, Any]) -> bytes:
+    """UTF-8 JSON; with \\u escapes when a lone surrogate (from a participation's escaped text)
+    could not be encoded otherwise."""
+    try:
+        return json.dumps(fields, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(fields).encode()
 
 
 def _secret_key(secret: Any) -> bytes:

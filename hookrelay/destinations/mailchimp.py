@@ -25,7 +25,7 @@ CONNECTIONS = 10  # simultaneous connections Mailchimp allows per account
 class Mailchimp:
     type: ClassVar[str] = "mailchimp"
     required: ClassVar[tuple[str, ...]] = ("email",)
-    batch_size, batch_wait, limit = 1, 0.0, None
+    batch_size, batch_wait, limit, exclusive = 1, 0.0, None, None
 
     def __init__(
         self,

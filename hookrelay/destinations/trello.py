@@ -24,7 +24,7 @@ LABEL_ID = re.compile(r"[0-9a-f]{24}")
 class Trello:
     type: ClassVar[str] = "trello"
     required: ClassVar[tuple[str, ...]] = ("name",)
-    batch_size, batch_wait = 1, 0.0
+    batch_size, batch_wait, exclusive = 1, 0.0, None
 
     def __init__(
         self,

@@ -86,6 +86,7 @@ class FakeGoogle:
         self.tokens: set[str] = set()
         self.writes: list[Received] = []  # append and update calls that changed the sheet
         self.writes_per_minute = writes_per_minute
+        self.slow_reads = 0.0  # seconds each read of a sheet takes, to make two writers overlap
         self._recent: deque[float] = deque()
         self._lock = threading.Lock()
         self._methods = [
@@ -239,6 +240,7 @@ class FakeGoogle:
             return _bad(f"Unable to parse range: {path['range']}")
         tab = book.tabs[tab_name]
         if received.method == "GET":
+            time.sleep(self.slow_reads)
             row = [c for c in tab[0]] if tab and cells == "1:1" else []
             while row and row[-1] == "":
                 row.pop()
