@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 from werkzeug.serving import make_server
 
-from hookrelay import history
+from hookrelay import history, metrics
 from hookrelay.auth import sign
 from hookrelay.config import load_config
 from hookrelay.sources import Incoming
@@ -173,6 +173,7 @@ class RunningRelay:
         self._server.shutdown()
         self._server.server_close()
         self.relay.worker.stop()
+        metrics.FLUSHER.flush()  # now, into this store, rather than at exit into a dropped one
         self.relay.store.close()
 
     def post(

@@ -9,6 +9,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,3 +144,32 @@ def post_until_stored(url: str, body: bytes) -> int:
 
 def webhook_id(request: Received) -> str:
     return next(v for k, v in request.headers.items() if k.lower() == "webhook-id")
+
+
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:hookrelay.gunicorn_conf", "relay:app"]
+
+
+def processes(
+    tmp_path: Path, config: Path, webs: int = 1, workers: int = 0, **env: str
+) -> tuple[str, list[Supervised]]:
+    """Start gunicorn with `webs` workers and `workers` `relay worker` processes (with none, the
+    web processes deliver too); their address, and the processes to stop."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "RELAY_CONFIG": str(config),
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "RELAY_WORKER": "off" if workers else "on",
+        "WEB_CONCURRENCY": str(webs),
+        **env,
+    }
+    url = f"http://127.0.0.1:{port}"
+    started = [Supervised("web", GUNICORN, environment, tmp_path, web_answers(url))]
+    worker = [sys.executable, "-m", "hookrelay", "worker", "--config", str(config)]
+    started += [
+        Supervised(f"worker{i}", worker, environment, tmp_path, worker_runs) for i in range(workers)
+    ]
+    for process in started:
+        process.start()
+    return url, started

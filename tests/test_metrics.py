@@ -3,20 +3,16 @@ whichever gunicorn worker answers it."""
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
-from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from hookrelay import metrics
-from hookrelay.database import SCHEMA_VERSION
 from hookrelay.store import Store
 from tests.conftest import basic_config, participation
 from tests.fakes.server import FakeServer
-from tests.processes import Supervised, free_port, post_signed, wait_until, web_answers, worker_runs
+from tests.processes import post_signed, processes, wait_until
 
 PARTICIPATIONS = 20
 ODD = 'a "quoted"\\ label,\n{le="x"} é'  # what the exposition format and JSON both escape
@@ -104,65 +100,9 @@ def test_a_failed_flush_keeps_its_counts_and_logs_only_the_error_type(tmp_path, 
     ]
 
 
-def test_a_version_1_database_opened_by_many_processes_at_once_becomes_version_2(storage):
-    store = Store(storage)
-    with store.transaction() as conn:  # back to what version 1 had
-        conn.exec_driver_sql("DROP TABLE counters")
-        conn.exec_driver_sql("UPDATE schema_version SET version = 1")
-    store.close()
-    errors, stores = [], []
-    barrier = threading.Barrier(8)
-
-    def start():
-        barrier.wait()
-        try:
-            stores.append(Store(storage))
-        except Exception as exc:  # collected, then asserted empty below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        assert errors == []
-        with stores[0].engine.connect() as conn:
-            versions = conn.exec_driver_sql("SELECT version FROM schema_version").scalars().all()
-            counted = conn.exec_driver_sql("SELECT count(*) FROM counters").scalar()
-    finally:
-        for s in stores:
-            s.close()
-    assert versions == [SCHEMA_VERSION] == [2]
-    assert counted == 0
-
-
-def start_processes(tmp_path: Path, config: Path) -> tuple[str, list[Supervised]]:
-    """gunicorn with 2 workers and no delivery worker inside, and one `relay worker`."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "RELAY_CONFIG": str(config),
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "RELAY_WORKER": "off",
-        "WEB_CONCURRENCY": "2",
-    }
-    url = f"http://127.0.0.1:{port}"
-    gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:hookrelay.gunicorn_conf"]
-    worker = [sys.executable, "-m", "hookrelay", "worker", "--config", str(config)]
-    started = [
-        Supervised("web", [*gunicorn, "relay:app"], env, tmp_path, web_answers(url)),
-        Supervised("worker", worker, env, tmp_path, worker_runs),
-    ]
-    for process in started:
-        process.start()
-    return url, started
-
-
 def test_metrics_add_up_across_2_gunicorn_workers_and_a_relay_worker(tmp_path, storage):
     with FakeServer() as sink:
-        url, running = start_processes(tmp_path, basic_config(tmp_path, sink.url))
+        url, running = processes(tmp_path, basic_config(tmp_path, sink.url), webs=2, workers=1)
         try:
             for n in range(PARTICIPATIONS):
                 assert post_signed(url, participation(n)).status_code == 202

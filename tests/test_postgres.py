@@ -11,11 +11,9 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -24,10 +22,9 @@ from tests.conftest import RunningRelay, basic_config, participation, relay_comm
 from tests.fakes.server import Answer, FakeServer
 from tests.processes import (
     Supervised,
-    free_port,
     post_signed,
+    processes,
     wait_until,
-    web_answers,
     webhook_id,
     worker_runs,
 )
@@ -35,37 +32,6 @@ from tests.processes import (
 pytestmark = pytest.mark.slow
 
 PARTICIPATIONS = 5000
-
-
-def processes(
-    tmp_path: Path, config: Path, webs: int, workers: int
-) -> tuple[str, list[Supervised]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "RELAY_CONFIG": str(config),
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "RELAY_WORKER": "off",
-        "WEB_CONCURRENCY": str(webs),
-    }
-    url = f"http://127.0.0.1:{port}"
-    gunicorn = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "python:hookrelay.gunicorn_conf",
-        "relay:app",
-    ]
-    started = [Supervised("web", gunicorn, env, tmp_path, web_answers(url))]
-    worker = [sys.executable, "-m", "hookrelay", "worker", "--config", str(config)]
-    started += [
-        Supervised(f"worker{i}", worker, env, tmp_path, worker_runs) for i in range(workers)
-    ]
-    for process in started:
-        process.start()
-    return url, started
 
 
 def test_3_web_and_4_worker_processes_deliver_each_participation_once(tmp_path, pg_storage):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from hookrelay import history
 from hookrelay.database import SCHEMA_VERSION
@@ -113,10 +114,10 @@ def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path):
     store.close()
 
 
-def test_many_processes_starting_at_once_create_the_schema_once(storage):
-    """Eight stores built at the same moment on an empty database, as gunicorn workers are."""
+def start_at_once(storage: str, count: int = 8) -> list[Store]:
+    """`count` stores built at the same moment, as gunicorn's workers are; none may fail."""
     errors, stores = [], []
-    barrier = threading.Barrier(8)
+    barrier = threading.Barrier(count)
 
     def start():
         barrier.wait()
@@ -125,18 +126,49 @@ def test_many_processes_starting_at_once_create_the_schema_once(storage):
         except Exception as exc:  # collected, then asserted empty below
             errors.append(exc)
 
-    threads = [threading.Thread(target=start) for _ in range(8)]
+    threads = [threading.Thread(target=start) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
-    with stores[0].engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version FROM schema_version").scalars().all() == [
-            SCHEMA_VERSION
-        ]
-    for s in stores:
+    for s in stores if errors else []:
         s.close()
+    assert errors == []
+    return stores
+
+
+def schema_of(store: Store) -> tuple[list[int], list[str]]:
+    """The version rows, and the tables there are."""
+    with store.engine.connect() as conn:
+        versions = conn.exec_driver_sql("SELECT version FROM schema_version").scalars().all()
+    return list(versions), sorted(sa.inspect(store.engine).get_table_names())
+
+
+def test_many_processes_starting_at_once_create_the_schema_once(storage):
+    stores = start_at_once(storage)
+    try:
+        assert schema_of(stores[0]) == (
+            [SCHEMA_VERSION],
+            ["attempts", "counters", "deliveries", "events", "schema_version"],
+        )
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_version_1_database_opened_by_many_processes_at_once_becomes_version_2(storage):
+    store = Store(storage)
+    with store.transaction() as conn:  # back to what version 1 had
+        conn.exec_driver_sql("DROP TABLE counters")
+        conn.exec_driver_sql("UPDATE schema_version SET version = 1")
+    store.close()
+    stores = start_at_once(storage)
+    try:
+        versions, tables = schema_of(stores[0])
+    finally:
+        for s in stores:
+            s.close()
+    assert versions == [SCHEMA_VERSION] == [2] and "counters" in tables
 
 
 def test_a_newer_schema_is_refused_with_a_clear_message(store, storage):

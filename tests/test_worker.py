@@ -5,8 +5,6 @@ on both backends."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 import requests
@@ -17,7 +15,7 @@ from hookrelay.sources import Incoming
 from hookrelay.worker import backoff
 from tests.conftest import basic_config, participation, sample, write_config
 from tests.fakes.server import Answer
-from tests.processes import Supervised, free_port, post_signed, wait_until, web_answers
+from tests.processes import post_signed, processes, wait_until
 
 
 def test_a_payload_the_worker_cannot_read_ends_dead_alone_and_the_next_is_delivered(
@@ -127,17 +125,7 @@ def test_odd_participations_never_stop_a_gunicorn_relay(tmp_path, sink, storage)
         .read_text()
         .replace("max_attempts: 4", "max_attempts: 2000"),
     )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RELAY_CONFIG": str(config), "PORT": str(port), "HOST": "127.0.0.1"}
-    web = Supervised(
-        "web",
-        [sys.executable, "-m", "gunicorn", "-c", "python:hookrelay.gunicorn_conf", "relay:app"],
-        env,
-        tmp_path,
-        web_answers(url),
-    )
-    web.start()
+    url, [web] = processes(tmp_path, config)
     try:
         stored = {
             "a UTF-8 BOM": b"\xef\xbb\xbf" + participation(1),
