@@ -1,4 +1,5 @@
-"""How writes wait: group commit, and the lock SQLite's writers queue on.
+"""How writes wait: group commit, the lock SQLite's writers queue on, and named locks that every
+process on the database shares.
 
 A 2xx means "stored durably", so ingest commits before it answers. Many requests share one
 commit: request threads hand their events to one writer thread, which writes everything waiting
@@ -8,16 +9,19 @@ in one transaction and one fsync, then wakes them all.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import (
     DataError,
     DisconnectionError,
@@ -32,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 
 def write_lock(url: str, timeout: float) -> AbstractContextManager[Any]:
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+    """A lock file beside a SQLite database file; nothing to hold for another database."""
+    if not url.startswith("sqlite:///") or url.startswith("sqlite:///:memory:"):
         return nullcontext()  # PostgreSQL queues writers itself, row by row
     return FileLock(url[len("sqlite:///") :] + ".lock", timeout)
 
@@ -93,6 +98,40 @@ class FileLock:
             if self._file is not None:
                 self._file.close()
                 self._file, self._pid = None, 0
+
+
+class NamedLocks:
+    """Locks by name, each held by one thread of one process at a time across every process on
+    the database: PostgreSQL advisory locks, or files beside the SQLite database."""
+
+    wait = 600.0  # seconds to wait on SQLite for another process's hold
+
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.url, self.engine = url, engine
+        self._files: dict[str, AbstractContextManager[Any]] = {}
+
+    @contextmanager
+    def hold(self, name: str) -> Iterator[None]:
+        """:raise StorageUnavailable: on SQLite, the lock was not had within `wait`."""
+        digest = hashlib.sha256(name.encode()).digest()
+        if self.engine.dialect.name != "postgresql":
+            if name not in self._files:
+                self._files[name] = write_lock(f"{self.url}.{digest.hex()[:16]}", self.wait)
+            with self._files[name]:
+                yield
+            return
+        key = {"key": int.from_bytes(digest[:8], "big", signed=True)}
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
+            try:
+                yield
+            finally:  # a session lock outlives the transaction: unlock before the pool takes it
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
+
+    def close(self) -> None:
+        for lock in self._files.values():
+            if isinstance(lock, FileLock):
+                lock.close()
 
 
 class GroupCommit:

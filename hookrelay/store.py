@@ -9,21 +9,18 @@ hookrelay.history, and erased through hookrelay.retention.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from hookrelay import database
-from hookrelay.commit import FileLock, GroupCommit, write_lock
+from hookrelay.commit import FileLock, GroupCommit, NamedLocks, write_lock
 from hookrelay.database import (
+    DELIVERY_COLUMNS,
+    EVENT_COLUMNS,
     Status,
     attempts,
     create_schema,
@@ -31,14 +28,10 @@ from hookrelay.database import (
     engine,
     events,
     insert_rows,
-    schema_version,
+    is_current,
+    new_id,
 )
 from hookrelay.sources import Incoming
-
-EVENT_COLUMNS = "id, source, format, dedupe_key, payload, received_at"
-DELIVERY_COLUMNS = (
-    "id, event_id, mapping, destination, status, attempts, next_attempt_at, updated_at"
-)
 
 Job = tuple[str, str, Sequence[Incoming], Sequence[tuple[str, str]]]
 
@@ -87,21 +80,6 @@ CLAIMED = [
 ]
 
 
-def new_id() -> str:
-    """32 hex digits: milliseconds since the epoch, then 80 random bits.
-
-    Time-ordered, so new rows land at the end of the primary-key index. Not uuid4: os.urandom
-    releases the GIL at every call, and the group-commit writer would wait to get it back twice
-    per event. A generator of its own, reseeded in each forked process (so gunicorn's workers
-    draw different bits), leaves the `random` module's state to others.
-    """
-    return f"{time.time_ns() // 1_000_000:012x}{_ids.getrandbits(80):020x}"
-
-
-_ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)
-
-
 class Store:
     """The relay's storage; the URL chooses the dialect (sqlite:///..., postgresql://...)."""
 
@@ -111,9 +89,8 @@ class Store:
         self.engine = engine(url, timeout)
         self.clock = clock
         self.dialect = self.engine.dialect.name
-        self.url, self.timeout = url, timeout
         self._write_lock = write_lock(url, timeout)
-        self._locks: dict[str, AbstractContextManager[Any]] = {}
+        self._locks = NamedLocks(url, self.engine)
         self._writer = GroupCommit(self._write_batch, timeout)
         try:
             self.create_schema()
@@ -124,19 +101,14 @@ class Store:
     def create_schema(self) -> None:
         """Create or upgrade the tables; only read when they are current, so that commands that
         only read work on a read-only disk."""
-        try:
-            with self.engine.connect() as conn:
-                if conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() == (
-                    database.SCHEMA_VERSION
-                ):
-                    return
-        except sa.exc.SQLAlchemyError:
-            pass  # no tables yet
+        if is_current(self.engine):
+            return
         with self.transaction() as conn:
             create_schema(conn)
 
     def close(self) -> None:
         self.engine.dispose()
+        self._locks.close()
         if isinstance(self._write_lock, FileLock):
             self._write_lock.close()
 
@@ -226,26 +198,9 @@ class Store:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
 
-    @contextmanager
-    def exclusive(self, name: str) -> Iterator[None]:
-        """Hold the lock called `name` in every process that uses this database: a PostgreSQL
-        advisory lock, or a file beside the SQLite database.
-
-        :raise StorageUnavailable: on SQLite, the lock was not had within `timeout`.
-        """
-        digest = hashlib.sha256(name.encode()).digest()
-        if self.dialect != "postgresql":
-            lock = self._locks.setdefault(name, write_lock(f"{self.url}.{digest.hex()[:16]}", 600))
-            with lock:
-                yield
-            return
-        key = {"key": int.from_bytes(digest[:8], "big", signed=True)}
-        with self.engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
-            try:
-                yield
-            finally:  # a session lock outlives the transaction: unlock before the pool takes it
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
+    def exclusive(self, name: str) -> AbstractContextManager[None]:
+        """Hold the lock called `name` in every process that uses this database."""
+        return self._locks.hold(name)
 
     # --- delivery -------------------------------------------------------------------------------
 

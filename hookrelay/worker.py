@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import signal
 import threading
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
@@ -32,12 +30,11 @@ from hookrelay.errors import (
     DeliveryError,
     Permanent,
     Refused,
-    RetryLater,
     Skip,
     StorageUnavailable,
-    Throttled,
     trace,
 )
+from hookrelay.retries import backoff, outcome
 from hookrelay.sources import normalise
 from hookrelay.store import Delivery, Outcome
 
@@ -47,20 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 PURGE_EVERY = 3600.0  # seconds between two retention purges
 HOUSEKEEPING_EVERY = 60.0  # seconds between two looks for deliveries to a removed destination
-
-
-def backoff(
-    policy: Policy,
-    attempt: int,
-    retry_after: float | None,
-    rng: Callable[[], float] = random.random,
-) -> float:
-    """Seconds before the next attempt: Retry-After when the vendor gave one, else full jitter."""
-    if retry_after is not None:
-        return min(retry_after, policy.backoff_max)
-    # 2 ** 60 s is past any backoff_max: a larger exponent would only overflow the float.
-    ceiling: float = min(policy.backoff_max, policy.backoff_initial * 2 ** min(attempt - 1, 60))
-    return rng() * ceiling
 
 
 class Worker:
@@ -296,32 +279,7 @@ class Worker:
         # A batch that failed together retries together, so it is sent as one batch again.
         attempt = max(d.attempts for d, _ in records) + 1
         delay = backoff(policy, attempt, getattr(error, "delay", None))
-        return [self._outcome(d, policy, error, started, took, delay) for d, _ in records]
-
-    @staticmethod
-    def _outcome(
-        d: Delivery,
-        policy: Policy,
-        error: DeliveryError | None,
-        started: float,
-        took: int,
-        delay: float,
-    ) -> Outcome:
-        if error is None:
-            return Outcome(d, "delivered", started, took)
-        status = getattr(error, "status", None)
-        if isinstance(error, Skip):
-            return Outcome(d, "skipped", started, took, error.message, status)
-        if isinstance(error, Throttled):
-            later = time.time() + (error.delay or 1.0)
-            return Outcome(d, "pending", started, took, error.message, None, later, False)
-        attempt = d.attempts + 1
-        if isinstance(error, RetryLater) and attempt < policy.max_attempts:
-            return Outcome(d, "pending", started, took, error.message, status, time.time() + delay)
-        if isinstance(error, RetryLater):
-            message = f"gave up after {attempt} attempts: {error.message}"
-            return Outcome(d, "dead", started, took, message, status)
-        return Outcome(d, "dead", started, took, error.message, status)
+        return [outcome(d, policy, error, started, took, delay) for d, _ in records]
 
 
 def _internal(exc: Exception, d: Delivery) -> str:

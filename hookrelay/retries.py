@@ -1,0 +1,54 @@
+"""What an attempt's result means for its delivery: delivered, skipped, retried after a backoff,
+or dead. The worker sends; this module decides what comes next, by the destination's policy."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+from hookrelay.config import Policy
+from hookrelay.errors import DeliveryError, RetryLater, Skip, Throttled
+from hookrelay.store import Delivery, Outcome
+
+
+def backoff(
+    policy: Policy,
+    attempt: int,
+    retry_after: float | None,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Seconds before the next attempt: Retry-After when the vendor gave one, else full jitter."""
+    if retry_after is not None:
+        return min(retry_after, policy.backoff_max)
+    # 2 ** 60 s is past any backoff_max: a larger exponent would only overflow the float.
+    ceiling: float = min(policy.backoff_max, policy.backoff_initial * 2 ** min(attempt - 1, 60))
+    return rng() * ceiling
+
+
+def outcome(
+    d: Delivery,
+    policy: Policy,
+    error: DeliveryError | None,
+    started: float,
+    took: int,
+    delay: float,
+) -> Outcome:
+    """What an attempt that ended in `error` (None: it worked) means for the delivery: delivered;
+    skipped; pending again after `delay` (a RetryLater within max_attempts, or a Throttled,
+    which spends no attempt); dead (Permanent, or max_attempts reached)."""
+    if error is None:
+        return Outcome(d, "delivered", started, took)
+    status = getattr(error, "status", None)
+    if isinstance(error, Skip):
+        return Outcome(d, "skipped", started, took, error.message, status)
+    if isinstance(error, Throttled):
+        later = time.time() + (error.delay or 1.0)
+        return Outcome(d, "pending", started, took, error.message, None, later, False)
+    attempt = d.attempts + 1
+    if isinstance(error, RetryLater) and attempt < policy.max_attempts:
+        return Outcome(d, "pending", started, took, error.message, status, time.time() + delay)
+    if isinstance(error, RetryLater):
+        message = f"gave up after {attempt} attempts: {error.message}"
+        return Outcome(d, "dead", started, took, message, status)
+    return Outcome(d, "dead", started, took, error.message, status)
