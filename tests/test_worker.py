@@ -11,8 +11,8 @@ import requests
 
 from hookrelay.config import Policy
 from hookrelay.database import deliveries
-from hookrelay.sources import Incoming
 from hookrelay.retries import backoff
+from hookrelay.sources import Incoming
 from tests.conftest import basic_config, participation, sample, write_config
 from tests.fakes.server import Answer
 from tests.processes import post_signed, processes, wait_until
