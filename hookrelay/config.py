@@ -52,6 +52,12 @@ POLICY = (
     Setting("backoff", {"initial": "10s", "max": "1h"}, "exponential backoff with full jitter"),
     Setting("timeout", "10s", "time allowed for one request to a destination"),
     Setting("lease", "5m", "a claimed delivery whose worker died is retried after this"),
+    Setting(
+        "concurrency",
+        8,
+        "deliveries sent at once to one destination by a worker process (one batch at a time "
+        "for a destination that batches)",
+    ),
 )
 
 
@@ -64,6 +70,7 @@ class Policy:
     backoff_max: float = 3600.0
     timeout: float = 10.0
     lease: float = 300.0
+    concurrency: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +233,9 @@ def _policy(doc: Document, value: Any, key: Key, base: Policy) -> Policy:
         backoff_max=doc.duration(backoff.get("max", base.backoff_max), key + ("backoff", "max")),
         timeout=doc.duration(spec.get("timeout", base.timeout), key + ("timeout",)),
         lease=doc.duration(spec.get("lease", base.lease), key + ("lease",)),
+        concurrency=doc.integer(
+            spec.get("concurrency", base.concurrency), key + ("concurrency",), 1
+        ),
     )
 
 

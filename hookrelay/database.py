@@ -51,7 +51,8 @@ deliveries = sa.Table(
     sa.Column("claimed_by", sa.String(32)),
     sa.Column("last_error", sa.Text),
     sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Index("deliveries_due", "status", "next_attempt_at"),
+    # What a claim reads, "due for destination D" (also: pending ones, by destination).
+    sa.Index("deliveries_due_to", "status", "destination", "next_attempt_at"),
     sa.Index("deliveries_event", "event_id"),
 )
 attempts = sa.Table(
@@ -81,11 +82,12 @@ counters = sa.Table(  # what hookrelay.metrics counted, added up from every proc
 schema_version = sa.Table(
     "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: What each version changed beyond new tables and indexes, which create_schema adds anyway: SQL
 #: run once, in order, when an older database is opened.
 STEPS: dict[int, tuple[str, ...]] = {
     2: (),  # the counters table
+    3: ("DROP INDEX IF EXISTS deliveries_due",),  # replaced by deliveries_due_to
 }
 EVENT_COLUMNS = "id, source, format, dedupe_key, payload, received_at"
 DELIVERY_COLUMNS = (

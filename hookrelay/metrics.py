@@ -224,6 +224,12 @@ class Flusher:
                 self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
                 self._thread.start()
 
+    def stop(self, store: Store) -> None:
+        with self._lock:
+            if self.store is store:
+                self.flush()
+                self.store = None
+
     def flush(self) -> None:
         """Flush now. The counts of a failed flush are kept for the next; the failure is logged
         (its type only) once, not every second while the database is down."""
@@ -247,6 +253,12 @@ class Flusher:
 
 
 FLUSHER = Flusher()
+
+
+def stop_flusher(store: Store) -> None:
+    """Flush what is left into `store`, and flush there no more: it is about to close (a test's
+    relay; a process that keeps running flushes into the store it opens next)."""
+    FLUSHER.stop(store)
 
 
 def start_flusher(store: Store) -> None:

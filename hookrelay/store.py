@@ -13,10 +13,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from hookrelay.claims import (
+    CLAIMS,
+    DUE,
+    DUE_TO,
+    ORPHANS,
+    READ_CLAIMED,
+    RECORD,
+    Claiming,
+)
 from hookrelay.commit import FileLock, GroupCommit, NamedLocks, write_lock
 from hookrelay.database import (
     DELIVERY_COLUMNS,
@@ -70,14 +80,6 @@ class Outcome:
     http_status: int | None = None
     next_attempt_at: float | None = None
     is_attempt: bool = True  # False for a skip decided before anything was sent
-
-
-#: A claimed Delivery's columns, in the order of its fields.
-CLAIMED = [
-    *(deliveries.c[c] for c in ("id", "event_id", "mapping", "destination", "attempts")),
-    deliveries.c.claimed_by,
-    *(events.c[c] for c in ("source", "format", "payload", "received_at")),
-]
 
 
 class Store:
@@ -208,83 +210,76 @@ class Store:
         self, limit: int, lease: float, destinations: Iterable[str] | None = None
     ) -> list[Delivery]:
         """Atomically claim up to `limit` due deliveries (to `destinations`, default any) for
-        `lease` seconds."""
-        due = deliveries.c.next_attempt_at <= self.clock()
-        if destinations is not None:
-            due &= deliveries.c.destination.in_(list(destinations))
-        return self._claim(due, limit, lease)
+        `lease` seconds. Nothing due is found by a read, without the write lock."""
+        claiming = DUE if destinations is None else DUE_TO
+        params = {"now": self.clock(), "names": list(destinations or ())}
+        with self.engine.connect() as conn:
+            if conn.execute(claiming.probe, params).first() is None:
+                return []
+        return self._claim(claiming, params, limit, lease)
 
     def claim_orphans(self, known: Iterable[str], limit: int, lease: float) -> list[Delivery]:
         """Claim pending deliveries to a destination not in `known`, due or not (none will be
         sent again), unless a live claim holds them."""
-        free = deliveries.c.claimed_by.is_(None) | (deliveries.c.next_attempt_at <= self.clock())
-        return self._claim(free & deliveries.c.destination.not_in(list(known)), limit, lease)
+        return self._claim(ORPHANS, {"now": self.clock(), "names": list(known)}, limit, lease)
 
-    def _claim(self, where: sa.ColumnElement[bool], limit: int, lease: float) -> list[Delivery]:
-        now, claim = self.clock(), new_id()
-        chosen = (
-            sa.select(deliveries.c.id)
-            .where(deliveries.c.status == "pending", where)
-            .order_by(deliveries.c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+    def _claim(
+        self, claiming: Claiming, params: dict[str, Any], limit: int, lease: float
+    ) -> list[Delivery]:
+        """Mark up to `limit` deliveries as ours, then read them with their events."""
+        now = params["now"]
+        values = {"limit": limit, "claim": new_id(), "until": now + lease}
         with self.transaction() as conn:
-            claimed = conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id.in_(chosen.scalar_subquery()))
-                .values(claimed_by=claim, next_attempt_at=now + lease, updated_at=now)
-            ).rowcount
-            if not claimed:
+            ids = list(conn.execute(claiming.claim, {**params, **values}).scalars())
+            if not ids:
                 return []
-            rows = conn.execute(
-                sa.select(*CLAIMED)
-                .join_from(deliveries, events, events.c.id == deliveries.c.event_id)
-                .where(deliveries.c.claimed_by == claim)
-            )
-            return [Delivery(*row) for row in rows]
+            return [Delivery(*row) for row in conn.execute(READ_CLAIMED, {"ids": ids})]
 
     def record(self, outcomes: Sequence[Outcome]) -> int:
-        """Record outcomes in one transaction; returns how many still held their claim."""
-        now, kept = self.clock(), 0
+        """Record a batch's outcomes and attempts in one transaction, with a fixed number of
+        statements whatever its size; returns how many still held their claim (a late answer
+        changes nothing but is logged, unless its delivery was erased meanwhile)."""
+        if not outcomes:
+            return 0
+        now, ids = self.clock(), [o.delivery.id for o in outcomes]
         with self.transaction() as conn:
-            for o in outcomes:
-                d = o.delivery
-                kept += conn.execute(
-                    deliveries.update()
-                    .where(deliveries.c.id == d.id, deliveries.c.claimed_by == d.claim)
-                    .values(
-                        status=o.status,
-                        attempts=d.attempts + o.is_attempt,
-                        claimed_by=None,
-                        last_error=o.detail if o.status != "delivered" else None,
-                        next_attempt_at=o.next_attempt_at or now,
-                        updated_at=now,
-                    )
-                ).rowcount
-            # A late answer is logged too; an erased delivery (`relay forget`) has no log.
-            alive = set(
-                conn.execute(
-                    sa.select(deliveries.c.id).where(
-                        deliveries.c.id.in_([o.delivery.id for o in outcomes])
-                    )
-                ).scalars()
-            )
-            logged = [
-                dict(
-                    delivery_id=o.delivery.id,
-                    started_at=o.started_at,
-                    duration_ms=o.duration_ms,
-                    outcome=o.status,
-                    http_status=o.http_status,
-                    detail=o.detail,
-                )
+            held = dict(conn.execute(CLAIMS, {"ids": ids}).all())  # id -> its claim now
+            kept = [
+                o
                 for o in outcomes
-                if o.delivery.id in alive
+                if o.delivery.id in held and held[o.delivery.id] == o.delivery.claim
+            ]
+            if kept:
+                conn.execute(
+                    RECORD,
+                    [
+                        {
+                            "the_id": o.delivery.id,
+                            "the_claim": o.delivery.claim,
+                            "status": o.status,
+                            "attempts": o.delivery.attempts + o.is_attempt,
+                            "last_error": o.detail if o.status != "delivered" else None,
+                            "next_attempt_at": o.next_attempt_at or now,
+                            "updated_at": now,
+                        }
+                        for o in kept
+                    ],
+                )
+            logged = [
+                {
+                    "delivery_id": o.delivery.id,
+                    "started_at": o.started_at,
+                    "duration_ms": o.duration_ms,
+                    "outcome": o.status,
+                    "http_status": o.http_status,
+                    "detail": o.detail,
+                }
+                for o in outcomes
+                if o.delivery.id in held
             ]
             if logged:
                 conn.execute(attempts.insert(), logged)
-        return kept
+        return len(kept)
 
     def replay(
         self, event_ids: Sequence[str] = (), dead: bool = False, destination: str | None = None

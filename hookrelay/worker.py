@@ -18,6 +18,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,7 @@ class Worker:
         self._reloaded = threading.Event()  # a new config may have dropped a destination
         self._running: list[threading.Thread] = []
         self._gates: dict[str, threading.Lock] = {}
+        self._pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
         self._gates_lock = threading.Lock()
 
     def start(self) -> None:
@@ -73,6 +75,8 @@ class Worker:
         self._reloaded.set()
         for thread in self._running:
             thread.join(timeout)
+        for _, pool in self._pools.values():
+            pool.shutdown(wait=False)
 
     def run_forever(self) -> None:
         """Run until SIGTERM or Ctrl-C, then let each thread finish the batch it holds."""
@@ -168,8 +172,10 @@ class Worker:
         destination = config.destinations.get(name)
         if destination is None or (destination.limit is not None and destination.limit.delay()):
             return []
-        lease = config.policies[name].lease
-        size, wait = destination.batch_size, destination.batch_wait
+        policy = config.policies[name]
+        lease, wait = policy.lease, destination.batch_wait
+        # One batch, or, for a destination that takes one record a call, one for each sender.
+        size = destination.batch_size if destination.batch_size > 1 else policy.concurrency
         if wait <= 0:
             return self.relay.store.claim_due(size, lease, [name])
         with self._gates_lock:
@@ -198,8 +204,14 @@ class Worker:
             # every process.
             exclusive = destination.exclusive
             with self.relay.store.exclusive(exclusive) if exclusive else nullcontext():
-                outcomes += self._send(destination, policy, records)
-        self.relay.store.record(outcomes)
+                if destination.batch_size > 1 or len(records) == 1:
+                    outcomes += self._send(destination, policy, records)
+                else:  # one record a call: `concurrency` calls at once, each its own outcome
+                    sends = self._senders(name, policy.concurrency).map(
+                        lambda r: self._send(destination, policy, [r]), records
+                    )
+                    outcomes += [o for sent in sends for o in sent]
+        self.relay.store.record(outcomes)  # the whole batch's outcomes in one transaction
         for o in outcomes:
             metrics.ATTEMPTS.labels(name, o.status).inc()
             if o.status == "delivered":
@@ -212,6 +224,14 @@ class Worker:
                 o.status,
                 f" (http {o.http_status})" if o.http_status else "",
             )
+
+    def _senders(self, name: str, size: int) -> ThreadPoolExecutor:
+        """The threads that send to `name`: at most `size` of its deliveries at once in this
+        process, whichever worker thread claimed them."""
+        with self._gates_lock:
+            if self._pools.get(name, (0, None))[0] != size:  # new, or resized by a reload
+                self._pools[name] = (size, ThreadPoolExecutor(size, f"send-{name}"))
+            return self._pools[name][1]
 
     def _map(
         self, destination: Destination | None, batch: list[Delivery]

@@ -173,7 +173,7 @@ class RunningRelay:
         self._server.shutdown()
         self._server.server_close()
         self.relay.worker.stop()
-        metrics.FLUSHER.flush()  # now, into this store, rather than at exit into a dropped one
+        metrics.stop_flusher(self.relay.store)  # not later, into a closed store
         self.relay.store.close()
 
     def post(

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import requests
+import requests.adapters
 from urllib3.exceptions import NewConnectionError
 
 from hookrelay.errors import ConfigError, Permanent, RetryLater
@@ -18,9 +19,16 @@ EXCERPT = 300  # characters of a vendor's answer kept in the attempt log
 
 
 def session() -> requests.Session:
+    """Kept-alive connections, as many per host as a destination's `concurrency` may use."""
     s = requests.Session()
     s.headers["User-Agent"] = "hookrelay"
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
     return s
+
+
+POOL = 64  # connections kept per host: `concurrency` above this opens and closes the rest
 
 
 def check_url(url: Any, key: str = "url") -> str:
