@@ -7,6 +7,8 @@ requests in one process share each fsync. PORT and WEB_CONCURRENCY follow Heroku
 
 import os
 
+from hookrelay.serving import DeliveryProcess
+
 bind = (
     f"{os.environ.get('HOST', '0.0.0.0' if 'PORT' in os.environ else '127.0.0.1')}:"
     f"{os.environ.get('PORT', '8000')}"
@@ -20,3 +22,16 @@ timeout = 60
 graceful_timeout = 20
 keepalive = 5
 control_socket_disable = True  # one shared path would clash between relays on one machine
+
+# The delivery worker runs beside the web workers, in a process of its own (RELAY_WORKER=off when
+# separate `relay worker` processes deliver).
+DELIVERY = DeliveryProcess()
+
+
+def when_ready(server: object) -> None:
+    if os.environ.get("RELAY_WORKER", "on") != "off":
+        DELIVERY.start(server.log)  # type: ignore[attr-defined]
+
+
+def on_exit(server: object) -> None:
+    DELIVERY.stop()

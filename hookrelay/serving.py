@@ -1,4 +1,5 @@
-"""How gunicorn serves the relay: gthread, where each request must arrive within a deadline.
+"""How gunicorn serves the relay: gthread, where each request must arrive within a deadline, and
+the delivery worker in a process of its own beside the web workers.
 
 gthread keeps idle connections off its threads (a kept-alive one waits in the poller; a new one
 that sends nothing gets a thread for at most 5 s, then waits there too), but once the first byte
@@ -22,6 +23,9 @@ import json
 import math
 import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 from http import HTTPStatus
 from typing import Any
@@ -221,3 +225,43 @@ def close_late(sock: socket.socket, last_words: bytes = b"") -> None:
         sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
+
+
+class DeliveryProcess:
+    """`relay worker` started with gunicorn, and started again if it dies, so that
+    `gunicorn relay:app` (and `relay serve`, `make run`) also delivers, in a process of its own:
+    delivery threads inside the web workers would take the GIL from the requests Qualifio waits
+    for. RELAY_WORKER=off (separate worker processes) starts none."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+
+    def start(self, log: Any) -> None:
+        """In gunicorn's master, before it forks the web workers, which then only serve."""
+        os.environ["RELAY_WORKER"] = "off"
+        self.log = log
+        self._spawn()
+        threading.Thread(target=self._watch, name="delivery-watch", daemon=True).start()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "hookrelay", "worker"])
+        self.log.info("delivery worker started (pid %d)", self.proc.pid)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            # Its exit status is gunicorn's, which reaps every child: poll() only sees it gone.
+            if self.proc is not None and self.proc.poll() is not None:
+                self.log.error("delivery worker (pid %d) exited; starting it again", self.proc.pid)
+                self._spawn()
+
+    def stop(self) -> None:
+        """Let the worker finish the batches it holds (SIGTERM), then end it."""
+        self._stopping.set()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

@@ -5,6 +5,9 @@ on both backends."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 import requests
@@ -159,3 +162,35 @@ def test_odd_participations_never_stop_a_gunicorn_relay(tmp_path, sink, storage)
     assert "Traceback" not in log and "internal error" not in log
     assert not any(line.startswith("FORGED") for line in log.splitlines())
     assert "qualifio\\nFORGED line" in log
+
+
+def delivery_processes(master: int) -> list[int]:
+    """The `relay worker` processes gunicorn's master started."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == master and b"worker" in command and b"hookrelay" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_gunicorn_delivers_from_a_process_of_its_own_started_again_if_it_dies(
+    tmp_path, sink, storage
+):
+    url, [web] = processes(tmp_path, basic_config(tmp_path, sink.url))  # as the README runs it
+    try:
+        assert post_signed(url, participation(1)).status_code == 202
+        assert wait_until(lambda: len(sink.requests) == 1)
+        [first] = wait_until(lambda: delivery_processes(web.proc.pid))
+        os.kill(first, signal.SIGKILL)
+        [second] = wait_until(lambda: [p for p in delivery_processes(web.proc.pid) if p != first])
+        assert post_signed(url, participation(2)).status_code == 202
+        assert wait_until(lambda: len(sink.requests) == 2)
+    finally:
+        web.stop()
+    assert f"delivery worker (pid {first}) exited; starting it again" in web.log.read_text()
