@@ -81,7 +81,7 @@ def worker(config_path: Path | None) -> None:
     relay = Relay(_config(config_path))
     relay.warn()
     relay.watch()
-    metrics.start_flusher(relay.store)
+    metrics.FLUSHER.start(relay.store)
     click.echo("worker running; Ctrl-C to stop", err=True)
     relay.worker.run_forever()
 

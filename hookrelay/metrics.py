@@ -3,7 +3,7 @@
 gunicorn's workers and `relay worker` share no memory and, on Heroku, no disk: they share only
 the database. So each process counts in memory (a dict under a lock, as cheap on the ingest path
 as a prometheus_client counter) and adds its counts to the `counters` table about once a second
-(start_flusher), and at exit; /metrics adds its own process's first, then renders the table.
+(FLUSHER.start), and at exit; /metrics adds its own process's first, then renders the table.
 Delivery states and the backlog are read from the deliveries themselves.
 
 Counts are kept in memory until a flush commits them, so a storage outage delays them rather than
@@ -215,7 +215,9 @@ class Flusher:
         self._failing: str | None = None  # the last failure's type, until a flush succeeds
 
     def start(self, store: Store) -> None:
-        """Flush into `store` from now on; start the thread (and the flush at exit) once."""
+        """Flush into `store` from now on; start the thread (and the flush at exit) once. Each
+        process that counts (a gunicorn worker, `relay worker`) calls it, after any fork; a
+        later call only changes the store (a process has one; tests start many)."""
         with self._lock:
             self.store = store
             if self._thread is None:
@@ -225,6 +227,7 @@ class Flusher:
                 self._thread.start()
 
     def stop(self, store: Store) -> None:
+        """Flush what is left into `store`, and flush there no more: it is about to close."""
         with self._lock:
             if self.store is store:
                 self.flush()
@@ -253,19 +256,6 @@ class Flusher:
 
 
 FLUSHER = Flusher()
-
-
-def stop_flusher(store: Store) -> None:
-    """Flush what is left into `store`, and flush there no more: it is about to close (a test's
-    relay; a process that keeps running flushes into the store it opens next)."""
-    FLUSHER.stop(store)
-
-
-def start_flusher(store: Store) -> None:
-    """Add this process's counts to `store` about once a second and at exit. Call it once in each
-    process that counts (a gunicorn worker, `relay worker`), after any fork; a later call only
-    changes the store (a process has one; tests start many)."""
-    FLUSHER.start(store)
 
 
 class _Families(Collector):

@@ -44,7 +44,7 @@ def create_app(config: Config | None = None, worker: bool | None = None) -> Flas
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=relay.config.trusted_proxy_hops)  # type: ignore[method-assign]
     relay.warn()
     relay.watch()
-    metrics.start_flusher(relay.store)
+    metrics.FLUSHER.start(relay.store)
     if worker if worker is not None else os.environ.get("RELAY_WORKER", "on") != "off":
         relay.worker.start()
         atexit.register(relay.worker.stop)

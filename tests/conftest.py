@@ -173,7 +173,7 @@ class RunningRelay:
         self._server.shutdown()
         self._server.server_close()
         self.relay.worker.stop()
-        metrics.stop_flusher(self.relay.store)  # not later, into a closed store
+        metrics.FLUSHER.stop(self.relay.store)  # not later, into a closed store
         self.relay.store.close()
 
     def post(
