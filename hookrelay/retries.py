@@ -3,27 +3,34 @@ or dead. The worker sends; this module decides what comes next, by the destinati
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import time
 from collections.abc import Callable
 
 from hookrelay.config import Policy
-from hookrelay.errors import DeliveryError, RetryLater, Skip, Throttled
+from hookrelay.errors import DeliveryError, RetryLater, Skip, Throttled, trace
 from hookrelay.store import Delivery, Outcome
+
+logger = logging.getLogger(__name__)
+# Jitter of its own, like row ids: the `random` module's state is left to others.
+_jitter = random.Random()
+os.register_at_fork(after_in_child=_jitter.seed)  # processes forked apart do not jitter alike
 
 
 def backoff(
     policy: Policy,
     attempt: int,
     retry_after: float | None,
-    rng: Callable[[], float] = random.random,
+    rng: Callable[[], float] | None = None,
 ) -> float:
     """Seconds before the next attempt: Retry-After when the vendor gave one, else full jitter."""
     if retry_after is not None:
         return min(retry_after, policy.backoff_max)
     # 2 ** 60 s is past any backoff_max: a larger exponent would only overflow the float.
     ceiling: float = min(policy.backoff_max, policy.backoff_initial * 2 ** min(attempt - 1, 60))
-    return rng() * ceiling
+    return (rng or _jitter.random)() * ceiling
 
 
 def outcome(
@@ -52,3 +59,15 @@ def outcome(
         message = f"gave up after {attempt} attempts: {error.message}"
         return Outcome(d, "dead", started, took, message, status)
     return Outcome(d, "dead", started, took, error.message, status)
+
+
+def internal_error(exc: Exception, d: Delivery) -> str:
+    """Log an unexpected exception with the delivery's ids; the reason its attempt log keeps."""
+    logger.error(
+        "delivery %s of event %s to %s: internal error\n%s",
+        d.id,
+        d.event_id,
+        d.destination,
+        trace(exc),
+    )
+    return f"internal error ({type(exc).__name__}); see the relay's log"

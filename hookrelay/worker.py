@@ -35,7 +35,7 @@ from hookrelay.errors import (
     StorageUnavailable,
     trace,
 )
-from hookrelay.retries import backoff, outcome
+from hookrelay.retries import backoff, internal_error, outcome
 from hookrelay.sources import normalise
 from hookrelay.store import Delivery, Outcome
 
@@ -246,7 +246,7 @@ class Worker:
             except Permanent as exc:
                 outcomes.append(Outcome(d, "dead", now, 0, exc.message))
             except Exception as exc:  # whatever one payload provokes ends that delivery alone
-                outcomes.append(Outcome(d, "dead", now, 0, _internal(exc, d)))
+                outcomes.append(Outcome(d, "dead", now, 0, internal_error(exc, d)))
         return outcomes, records
 
     def _record(self, destination: Destination | None, d: Delivery) -> Record:
@@ -292,7 +292,7 @@ class Worker:
             error = exc
         except Exception as exc:  # a bug in a destination ends the batch, never the thread
             took = int((time.time() - started) * 1000)
-            return [Outcome(d, "dead", started, took, _internal(exc, d)) for d, _ in records]
+            return [Outcome(d, "dead", started, took, internal_error(exc, d)) for d, _ in records]
         else:
             error = None
         took = int((time.time() - started) * 1000)
@@ -300,18 +300,6 @@ class Worker:
         attempt = max(d.attempts for d, _ in records) + 1
         delay = backoff(policy, attempt, getattr(error, "delay", None))
         return [outcome(d, policy, error, started, took, delay) for d, _ in records]
-
-
-def _internal(exc: Exception, d: Delivery) -> str:
-    """Log an unexpected exception with the delivery's ids; the reason its attempt log keeps."""
-    logger.error(
-        "delivery %s of event %s to %s: internal error\n%s",
-        d.id,
-        d.event_id,
-        d.destination,
-        trace(exc),
-    )
-    return f"internal error ({type(exc).__name__}); see the relay's log"
 
 
 def _log_failure(what: str, exc: Exception) -> None:
