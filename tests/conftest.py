@@ -229,7 +229,7 @@ def _driver(url: str) -> str:
 def pg_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A schema of its own on the PostgreSQL server, dropped afterwards; its URL."""
     if not pg_available():
-        pytest.skip(f"PostgreSQL does not answer at {PG_URL}; .ci/run starts it")
+        pytest.fail(f"PostgreSQL does not answer at {PG_URL}; .ci/run starts it")
     schema = f"test_{uuid.uuid4().hex[:16]}"
     # NullPool: a restart of the server in a test must not leave a dead pooled connection here.
     admin = sa.create_engine(_driver(PG_URL), isolation_level="AUTOCOMMIT", poolclass=NullPool)

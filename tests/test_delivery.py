@@ -10,9 +10,8 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.conftest import basic_config, participation, relay_command, sample
+from tests.fakes import openapi
 from tests.fakes.server import Answer
-
-SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs"
 
 
 def test_500_then_200_delivers_the_record_once(tmp_path, sink, start_relay):
@@ -139,7 +138,7 @@ def test_standard_webhooks_signature_verifies_with_the_reference_library(
 
 
 def test_signature_matches_the_known_answer_vector():
-    vectors = SPECS / "standard-webhooks.vectors.json"
+    vectors = openapi.SPECS / "standard-webhooks.vectors.json"
     if not vectors.exists():
         pytest.skip(f"{vectors} is not beside the checkout")
     from hookrelay.destinations import Context

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.fakes import openapi, vendors
 from tests.fakes.vendors import (
     BREVO_KEY,
     MAILCHIMP_KEY,
@@ -47,13 +46,6 @@ def mailchimp() -> Iterator[MailchimpFake]:
 def brevo() -> Iterator[BrevoFake]:
     with BrevoFake() as fake:
         yield fake
-
-
-def test_without_the_specs_folder_a_fake_skips_its_test(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(openapi, "SPECS", openapi.SPECS.parent / "no-such-folder")
-    vendors._trello_spec.cache_clear()  # built from the real folder by an earlier test
-    with pytest.raises(pytest.skip.Exception, match="no-such-folder not found: vendor fakes"):
-        TrelloFake()
 
 
 # -- Trello

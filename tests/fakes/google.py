@@ -2,10 +2,10 @@
 
 It refuses what Google would refuse: a JWT grant not signed by the service account's key or
 claiming the wrong issuer, audience or scope; a request without a token it issued; a URL, query
-parameter or ValueRange body that the Sheets discovery document (read from ../shared/specs, never
-copied) does not allow; a spreadsheet not shared with the service account (403), an unknown one
-(404), an unknown tab (400). It can enforce the write quota (429 RESOURCE_EXHAUSTED, no
-Retry-After) and be told to fail with Google's own error bodies.
+parameter or ValueRange body that the Sheets discovery document (tests/specs/) does not allow; a
+spreadsheet not shared with the service account (403), an unknown one (404), an unknown tab (400).
+It can enforce the write quota (429 RESOURCE_EXHAUSTED, no Retry-After) and be told to fail with
+Google's own error bodies.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Checks a request to a fake vendor against the vendor's own OpenAPI description, so a test fails
 when the relay sends something the real API would refuse, with the reason in the answer.
 
-The descriptions live beside the checkout in ../shared/specs/ and are never copied into the
-project: without them, `load` skips the test that builds a fake."""
+The descriptions are in tests/specs/ (their sources and licences: tests/specs/README.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
@@ -23,15 +21,12 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from tests.fakes.server import Received
 
-SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs"
+SPECS = Path(__file__).resolve().parents[1] / "specs"
 
 
 def load(name: str) -> Any:
-    """A fresh copy of ../shared/specs/<name> (callers patch it), or skip the running test."""
-    path = SPECS / name
-    if not path.is_file():
-        pytest.skip(f"{SPECS} not found: vendor fakes need the vendors' API descriptions")
-    return json.loads(path.read_text(encoding="utf-8"))
+    """A fresh copy of tests/specs/<name> (callers patch it)."""
+    return json.loads((SPECS / name).read_text(encoding="utf-8"))
 
 
 class Invalid(Exception):

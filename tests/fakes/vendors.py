@@ -1,5 +1,5 @@
 """Strict local fakes of Trello, Mailchimp and Brevo, for tests: each refuses what the real API
-would refuse (checked against the vendor's own OpenAPI description in ../shared/specs/, plus the
+would refuse (checked against the vendor's own OpenAPI description in tests/specs/, plus the
 rules the description leaves out), answers with the vendor's real error bodies, and keeps the
 state a test asserts on.
 
@@ -181,23 +181,11 @@ _OAUTH = re.compile(r'(\w+)="([^"]*)"')
 
 @cache
 def _trello_spec() -> Spec:
-    """Trello's description, patched where it disagrees with the real API (specs/README.md)."""
-    document = load("trello-openapi.subset.json")
-    document["security"] = []  # key/token may also come in an OAuth header: checked by hand
-    for p in document["paths"]["/cards"]["post"]["parameters"]:
-        if p["name"] in ("due", "start"):  # typed `date`; the real API takes ISO date-times too
-            p["schema"] = {
-                "type": "string",
-                "nullable": True,
-                "anyOf": [{"format": "date"}, {"format": "date-time"}],
-            }
-        elif p["name"] in ("idLabels", "idMembers"):  # documented as comma-separated
-            p["explode"] = False
-        elif p["name"] == "pos":  # a oneOf with a number: openapi-core cannot cast "3.5"
-            p["schema"] = {"type": "string", "pattern": r"^(top|bottom|\d+(\.\d+)?)$"}
-    for p in document["paths"]["/boards/{id}/labels"]["get"]["parameters"]:
-        if p["name"] == "fields":  # typed as a Label object, which no query string can be
-            p["schema"] = {"type": "string"}
+    """The project's own description of Trello's calls (tests/specs/trello.openapi.json).
+
+    key/token may come as query parameters or in an OAuth header, and every parameter may come
+    in a JSON body instead: the fake checks those by hand."""
+    document = load("trello.openapi.json")
     return Spec(document)
 
 
