@@ -15,7 +15,7 @@ from typing import Any
 import click
 import requests
 
-from hookrelay import __version__, history, metrics, retention
+from hookrelay import __version__, health, history, metrics, retention
 from hookrelay.auth import sign
 from hookrelay.config import Config, default_config_path, load_config
 from hookrelay.database import STATUSES
@@ -208,6 +208,9 @@ def send(payload: Path, source: str, url: str | None, config_path: Path | None) 
 def events(status: str | None, limit: int, config_path: Path | None) -> None:
     """List recent events and the state of each delivery (no personal data)."""
     store = Relay(_config(config_path)).store
+    for trouble in health.read_all(store):
+        if trouble.troubled:
+            click.echo(f"destination {trouble.destination}: {trouble.describe()}")
     for event in history.list_events(store, status, limit):  # type: ignore[arg-type]
         when = dt.datetime.fromtimestamp(event["received_at"]).isoformat(" ", "seconds")
         click.echo(f"{event['id']}  {when}  {event['source']}")

@@ -58,6 +58,11 @@ POLICY = (
         "deliveries sent at once to one destination by a worker process (one batch at a time "
         "for a destination that batches)",
     ),
+    Setting(
+        "throttle_max",
+        "24h",
+        "a destination throttled or down this long ends the deliveries waiting for it dead",
+    ),
 )
 
 
@@ -71,6 +76,7 @@ class Policy:
     timeout: float = 10.0
     lease: float = 300.0
     concurrency: int = 8
+    throttle_max: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +241,9 @@ def _policy(doc: Document, value: Any, key: Key, base: Policy) -> Policy:
         lease=doc.duration(spec.get("lease", base.lease), key + ("lease",)),
         concurrency=doc.integer(
             spec.get("concurrency", base.concurrency), key + ("concurrency",), 1
+        ),
+        throttle_max=doc.duration(
+            spec.get("throttle_max", base.throttle_max), key + ("throttle_max",)
         ),
     )
 

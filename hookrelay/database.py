@@ -79,15 +79,27 @@ counters = sa.Table(  # what hookrelay.metrics counted, added up from every proc
     sa.Column("labels", sa.Text, primary_key=True),  # JSON, keys sorted: one text per label set
     sa.Column("value", sa.Float, nullable=False),
 )
+health = sa.Table(  # each destination's health, shared by every process (hookrelay.health)
+    "destination_health",
+    metadata,
+    sa.Column("destination", sa.String(100), primary_key=True),
+    sa.Column("state", sa.String(10), nullable=False),  # ok, throttled or open
+    sa.Column("failures", sa.Integer, nullable=False),  # consecutive failed attempts
+    sa.Column("paused_until", sa.Float, nullable=False),  # nothing is sent to it before then
+    sa.Column("since", sa.Float),  # when it stopped being ok
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
 schema_version = sa.Table(
     "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: What each version changed beyond new tables and indexes, which create_schema adds anyway: SQL
 #: run once, in order, when an older database is opened.
 STEPS: dict[int, tuple[str, ...]] = {
     2: (),  # the counters table
     3: ("DROP INDEX IF EXISTS deliveries_due",),  # replaced by deliveries_due_to
+    4: (),  # the destination_health table
 }
 EVENT_COLUMNS = "id, source, format, dedupe_key, payload, received_at"
 DELIVERY_COLUMNS = (

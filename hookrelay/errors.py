@@ -7,8 +7,8 @@
     - BadRequest 400 · Unauthorized 401 · Forbidden 403 · UnknownSource 404
     - RequestTimeout 408 · TooLarge 413 · StorageUnavailable 503 (Retry-After)
   + DeliveryError                              raised by Destination.send()
-    - RetryLater(delay=None)                   timeout, connection error, 408, 429, 5xx
-      - Throttled(delay)                       our own vendor limit is spent: not an attempt
+    - RetryLater(delay=None)                   timeout, connection error, 408, 5xx
+      - Throttled(delay)                       429, or our own vendor limit spent: not an attempt
     - Permanent                                400/401/403/404: dead at once, reason kept
       - Refused                                a batch refused for what it holds: split it
     - Skip                                     the record cannot go to this destination
@@ -116,7 +116,8 @@ class RetryLater(DeliveryError):
 
 
 class Throttled(RetryLater):
-    """Our own allowance for a vendor is spent: sent later, without spending an attempt."""
+    """The vendor said 429 (`status` set: its whole destination pauses, hookrelay.health), or
+    our own allowance for it is spent: sent later, without spending an attempt."""
 
 
 class Permanent(DeliveryError):

@@ -33,7 +33,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from hookrelay import history
+from hookrelay import health, history
 from hookrelay.database import counters
 
 if TYPE_CHECKING:
@@ -297,4 +297,12 @@ def _gauges(store: Store) -> list[Metric]:
         states.add_metric([destination, status], n)
         if status == "pending":
             backlog.add_metric([destination], n)
-    return [states, backlog]
+    conditions = GaugeMetricFamily(
+        "hookrelay_destination_state",
+        "1 for the state each destination is in (ok, throttled, open); listed once it had trouble",
+        labels=["destination", "state"],
+    )
+    for h in health.read_all(store):
+        for state in ("ok", "throttled", "open"):
+            conditions.add_metric([h.destination, state], float(h.state == state))
+    return [states, backlog, conditions]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from hookrelay.config import Policy
 from hookrelay.errors import DeliveryError, RetryLater, Skip, Throttled, trace
-from hookrelay.store import Delivery, Outcome
+from hookrelay.store import Delivery, Outcome, Signal
 
 logger = logging.getLogger(__name__)
 # Jitter of its own, like row ids: the `random` module's state is left to others.
@@ -25,9 +25,10 @@ def backoff(
     retry_after: float | None,
     rng: Callable[[], float] | None = None,
 ) -> float:
-    """Seconds before the next attempt: Retry-After when the vendor gave one, else full jitter."""
+    """Seconds before the next attempt: Retry-After when the vendor gave one (up to
+    `throttle_max`: asking earlier only gets another refusal), else full jitter."""
     if retry_after is not None:
-        return min(retry_after, policy.backoff_max)
+        return min(retry_after, policy.throttle_max)
     # 2 ** 60 s is past any backoff_max: a larger exponent would only overflow the float.
     ceiling: float = min(policy.backoff_max, policy.backoff_initial * 2 ** min(attempt - 1, 60))
     return (rng or _jitter.random)() * ceiling
@@ -43,22 +44,27 @@ def outcome(
 ) -> Outcome:
     """What an attempt that ended in `error` (None: it worked) means for the delivery: delivered;
     skipped; pending again after `delay` (a RetryLater within max_attempts, or a Throttled,
-    which spends no attempt); dead (Permanent, or max_attempts reached)."""
+    which spends no attempt); dead (Permanent, or max_attempts reached). Its `signal` says what
+    the attempt tells of the destination's health."""
     if error is None:
-        return Outcome(d, "delivered", started, took)
+        return Outcome(d, "delivered", started, took, signal="up")
     status = getattr(error, "status", None)
+    answered: Signal | None = (
+        "up" if status else None
+    )  # a refusal is an answer: the destination is there
     if isinstance(error, Skip):
-        return Outcome(d, "skipped", started, took, error.message, status)
-    if isinstance(error, Throttled):
-        later = time.time() + (error.delay or 1.0)
-        return Outcome(d, "pending", started, took, error.message, None, later, False)
+        return Outcome(d, "skipped", started, took, error.message, status, signal=answered)
+    later = time.time() + delay
+    if isinstance(error, Throttled):  # the vendor's 429, or our own allowance for it spent
+        throttled: Signal | None = "throttled" if status else None
+        return Outcome(d, "pending", started, took, error.message, status, later, False, throttled)
     attempt = d.attempts + 1
     if isinstance(error, RetryLater) and attempt < policy.max_attempts:
-        return Outcome(d, "pending", started, took, error.message, status, time.time() + delay)
+        return Outcome(d, "pending", started, took, error.message, status, later, signal="down")
     if isinstance(error, RetryLater):
         message = f"gave up after {attempt} attempts: {error.message}"
-        return Outcome(d, "dead", started, took, message, status)
-    return Outcome(d, "dead", started, took, error.message, status)
+        return Outcome(d, "dead", started, took, message, status, signal="down")
+    return Outcome(d, "dead", started, took, error.message, status, signal=answered)
 
 
 def internal_error(exc: Exception, d: Delivery) -> str:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -43,6 +43,7 @@ from hookrelay.database import (
 )
 from hookrelay.sources import Incoming
 
+Signal = Literal["up", "down", "throttled"]
 Job = tuple[str, str, Sequence[Incoming], Sequence[tuple[str, str]]]
 
 
@@ -79,7 +80,11 @@ class Outcome:
     detail: str | None = None
     http_status: int | None = None
     next_attempt_at: float | None = None
-    is_attempt: bool = True  # False for a skip decided before anything was sent
+    is_attempt: bool = True  # False when it spends none of max_attempts (a skip, a 429)
+    #: What the attempt says of its destination (hookrelay.health): it answered ("up"), it
+    #: failed ("down": 5xx, timeout, refused connection), it asked us to slow down
+    #: ("throttled": 429); None when nothing was sent.
+    signal: Signal | None = None
 
 
 class Store:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from hookrelay import metrics, retention
+from hookrelay import health, metrics, retention
 from hookrelay.config import Policy
 from hookrelay.destinations import Destination, Record
 from hookrelay.errors import (
@@ -56,6 +56,7 @@ class Worker:
         self._gates: dict[str, threading.Lock] = {}
         self._pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
         self._gates_lock = threading.Lock()
+        self._health: dict[str, health.Health] = {}  # as this process last read or made it
 
     def start(self) -> None:
         self._running = [
@@ -123,6 +124,12 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 self.end_orphans()
+                for name, ended in health.expire(
+                    self.relay.store, self.relay.config.policies
+                ).items():
+                    logger.warning(
+                        "deliveries to %s ended dead after throttle_max: %d", name, ended
+                    )
                 if time.monotonic() - purged_at >= PURGE_EVERY:
                     purged_at = time.monotonic()
                     self.purge()
@@ -166,14 +173,21 @@ class Worker:
         return done
 
     def claim(self, name: str) -> list[Delivery]:
-        """Claim a batch for `name`: nothing while its rate limit is spent; for a destination with
+        """Claim a batch for `name`: nothing while its rate limit is spent or it is paused (see
+        hookrelay.health), one probe delivery while its circuit is open; for a destination with
         a `batch_wait`, one thread at a time fills a batch, waiting at most that long."""
-        config = self.relay.config  # one reading: a reload may swap it meanwhile
+        config, store = self.relay.config, self.relay.store  # a reload may swap the config
         destination = config.destinations.get(name)
         if destination is None or (destination.limit is not None and destination.limit.delay()):
             return []
         policy = config.policies[name]
         lease, wait = policy.lease, destination.batch_wait
+        known = self._health[name] = health.read(store, name)
+        if known.paused_until > store.clock():
+            return []
+        if known.state == "open":
+            probing = health.take_probe(store, name, policy, known.failures)
+            return store.claim_due(1, lease, [name]) if probing else []
         # One batch, or, for a destination that takes one record a call, one for each sender.
         size = destination.batch_size if destination.batch_size > 1 else policy.concurrency
         if wait <= 0:
@@ -212,6 +226,7 @@ class Worker:
                     )
                     outcomes += [o for sent in sends for o in sent]
         self.relay.store.record(outcomes)  # the whole batch's outcomes in one transaction
+        self._judge(name, policy, [o for o in outcomes if o.signal])
         for o in outcomes:
             metrics.ATTEMPTS.labels(name, o.status).inc()
             if o.status == "delivered":
@@ -224,6 +239,18 @@ class Worker:
                 o.status,
                 f" (http {o.http_status})" if o.http_status else "",
             )
+
+    def _judge(self, name: str, policy: Policy, sent: list[Outcome]) -> None:
+        """Tell the destination's shared health what this batch's attempts said of it, when that
+        can change it: a failure or a 429, or an answer from a destination that had trouble."""
+        known = self._health.get(name, health.Health(name))
+        if not any(o.signal != "up" for o in sent) and not (sent and known.troubled):
+            return
+        after = self._health[name] = health.record(self.relay.store, name, sent, policy)
+        if after.state != known.state:
+            logger.warning("destination %s: %s", name, after.describe())
+            if after.state == "ok":
+                self.wake()  # what waited for it is due now
 
     def _senders(self, name: str, size: int) -> ThreadPoolExecutor:
         """The threads that send to `name`: at most `size` of its deliveries at once in this

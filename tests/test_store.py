@@ -150,7 +150,7 @@ def test_many_processes_starting_at_once_create_the_schema_once(storage):
     try:
         assert schema_of(stores[0]) == (
             [SCHEMA_VERSION],
-            ["attempts", "counters", "deliveries", "events", "schema_version"],
+            ["attempts", "counters", "deliveries", "destination_health", "events", "schema_version"],
         )
     finally:
         for s in stores:
@@ -161,6 +161,7 @@ def test_a_version_1_database_opened_by_many_processes_at_once_is_upgraded_once(
     store = Store(storage)
     with store.transaction() as conn:  # back to what version 1 had
         conn.exec_driver_sql("DROP TABLE counters")
+        conn.exec_driver_sql("DROP TABLE destination_health")
         conn.exec_driver_sql("DROP INDEX deliveries_due_to")
         conn.exec_driver_sql("CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at)")
         conn.exec_driver_sql("UPDATE schema_version SET version = 1")
@@ -172,7 +173,8 @@ def test_a_version_1_database_opened_by_many_processes_at_once_is_upgraded_once(
     finally:
         for s in stores:
             s.close()
-    assert versions == [SCHEMA_VERSION] and "counters" in tables
+    assert versions == [SCHEMA_VERSION]
+    assert "counters" in tables and "destination_health" in tables
     assert "deliveries_due_to" in indexes and "deliveries_due" not in indexes
 
 

@@ -12,7 +12,7 @@ import requests
 import requests.adapters
 from urllib3.exceptions import NewConnectionError
 
-from hookrelay.errors import ConfigError, Permanent, RetryLater
+from hookrelay.errors import ConfigError, Permanent, RetryLater, Throttled
 
 RETRY_STATUSES = frozenset({408, 425, 429})
 EXCERPT = 300  # characters of a vendor's answer kept in the attempt log
@@ -93,13 +93,13 @@ def classify(
     secrets: Iterable[str] = (),
     hints: Mapping[int, str] | None = None,
 ) -> RetryLater | Permanent:
-    """RetryLater for 408/425/429/5xx (with Retry-After when given), Permanent for the rest."""
+    """Throttled for 429, RetryLater for 408/425/5xx (with Retry-After when given), Permanent
+    for the rest."""
     code = response.status_code
     message = f"{what} answered {code}: {excerpt(vendor_message(response), secrets)}"
     if code in RETRY_STATUSES or code >= 500:
-        return RetryLater(
-            message, delay=retry_after(response.headers.get("Retry-After")), status=code
-        )
+        kind = Throttled if code == 429 else RetryLater
+        return kind(message, delay=retry_after(response.headers.get("Retry-After")), status=code)
     if 300 <= code < 400:
         message += f" (redirected to {response.headers.get('Location')}: set the final address)"
     if hints and code in hints:
