@@ -18,6 +18,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from hookrelay import wakeups
 from hookrelay.claims import (
     CLAIMS,
     DUE,
@@ -99,6 +100,7 @@ class Store:
         self._write_lock = write_lock(url, timeout)
         self._locks = NamedLocks(url, self.engine)
         self._writer = GroupCommit(self._write_batch, timeout)
+        self._fifos = wakeups.fifo_directory(self.engine.url) if self.dialect == "sqlite" else None
         try:
             self.create_schema()
         except BaseException:
@@ -157,7 +159,7 @@ class Store:
                     new_deliveries += [
                         (new_id(), event_id, m, d, "pending", 0, now, now) for m, d in targets
                     ]
-        with self.transaction() as conn:
+        with self.transaction(wakes=True) as conn:
             inserted = insert_rows(conn, "events", EVENT_COLUMNS, new_events, "source, dedupe_key")
             existing: dict[tuple[str, str], str] = {}
             if inserted < len(new_events):  # some were stored before: find the first ids
@@ -196,14 +198,21 @@ class Store:
         return {(s, k): i for s, k, i in found if (s, k) in wanted}
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A write transaction. On SQLite, writers of every process first queue on a file lock,
-        woken by the kernel the moment it is free, rather than sleeping in SQLite's busy handler;
-        BEGIN IMMEDIATE then takes SQLite's write lock at once, with nothing to upgrade."""
+    def transaction(self, wakes: bool = False) -> Iterator[Connection]:
+        """A write transaction; `wakes`: it makes deliveries due, so it rings the workers of every
+        process (hookrelay.wakeups) once committed.
+
+        On SQLite, writers of every process first queue on a file lock, woken by the kernel the
+        moment it is free, rather than sleeping in SQLite's busy handler; BEGIN IMMEDIATE then
+        takes SQLite's write lock at once, with nothing to upgrade."""
         with self._write_lock, self.engine.begin() as conn:
             if self.dialect == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             yield conn
+            if wakes and self.dialect == "postgresql":
+                conn.exec_driver_sql(f"NOTIFY {wakeups.CHANNEL}")  # sent at commit
+        if wakes and self._fifos:
+            wakeups.ring_fifos(self._fifos)
 
     def exclusive(self, name: str) -> AbstractContextManager[None]:
         """Hold the lock called `name` in every process that uses this database."""
