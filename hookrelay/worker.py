@@ -1,10 +1,12 @@
 """The delivery worker: claim due deliveries, map them, send them, record the outcome.
 
 Each thread claims at most one destination batch at a time, so a claim's lease only has to cover
-filling it (`batch_wait`) and one send. Outcomes: delivered; skipped (the mapping's `when`, or a
-required field missing); pending again after a backoff (RetryLater); dead (Permanent, or
-max_attempts reached), replayable. One more thread keeps house: it ends the deliveries whose
-destination left the config, and erases what `retention_days` no longer keeps.
+filling it (`batch_wait`) and one send (hookrelay.sending). Outcomes: delivered; skipped (the
+mapping's `when`, or a required field missing); pending again after a backoff (RetryLater);
+dead (Permanent, or max_attempts reached), replayable. What the attempts say of a destination
+goes to its shared health (hookrelay.health). One more thread keeps house: it ends the
+deliveries whose destination left the config or stayed down past `throttle_max`, and erases what
+`retention_days` no longer keeps; another hears other processes' wake-ups (hookrelay.wakeups).
 
 No loop here ends for an error: whatever one delivery raises becomes that delivery's outcome
 (an unexpected exception: dead, "internal error (TypeName)", logged with ids and a traceback
@@ -13,7 +15,6 @@ without values), and a loop that fails as a whole (storage down) logs, backs off
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -24,19 +25,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from hookrelay import health, metrics, retention
+from hookrelay import health, metrics, retention, sending, wakeups
 from hookrelay.config import Policy
-from hookrelay.destinations import Destination, Record
-from hookrelay.errors import (
-    DeliveryError,
-    Permanent,
-    Refused,
-    Skip,
-    StorageUnavailable,
-    trace,
-)
-from hookrelay.retries import backoff, internal_error, outcome
-from hookrelay.sources import normalise
+from hookrelay.errors import StorageUnavailable, trace
 from hookrelay.store import Delivery, Outcome
 
 if TYPE_CHECKING:
@@ -66,6 +57,11 @@ class Worker:
         self._running.append(
             threading.Thread(target=self._keep_house, name="housekeeping", daemon=True)
         )
+        listener = wakeups.listener(self.relay.store.engine.url)
+        if listener:
+            self._running.append(
+                threading.Thread(target=self._listen, args=(listener,), name="wakeups", daemon=True)
+            )
         for thread in self._running:
             thread.start()
 
@@ -116,6 +112,18 @@ class Worker:
             if not done:
                 self._wakeup.wait(self.idle())
                 self._wakeup.clear()
+
+    def _listen(self, listener: wakeups.Listener) -> None:
+        """Wake the delivery threads when another process rings (hookrelay.wakeups); a channel
+        that fails is opened again after a pause, and the poll covers the gap."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                listener.run(self.wake, self._stopping)
+            except Exception as exc:
+                failures += 1
+                _log_failure("the wake-up listener", exc)
+                self._stopping.wait(min(30.0, 0.1 * 2 ** min(failures, 10)))
 
     def _keep_house(self) -> None:
         """End deliveries to removed destinations, after each reload and every minute; erase what
@@ -212,17 +220,17 @@ class Worker:
     def process(self, name: str, batch: list[Delivery]) -> None:
         destination = self.relay.config.destinations.get(name)
         policy = self.relay.config.policies.get(name, Policy())
-        outcomes, records = self._map(destination, batch)
+        outcomes, records = sending.map_batch(self.relay.config, destination, batch)
         if destination is not None and records:
             # Sends that must not overlap (a sheet's header change) wait for one another, in
             # every process.
             exclusive = destination.exclusive
             with self.relay.store.exclusive(exclusive) if exclusive else nullcontext():
                 if destination.batch_size > 1 or len(records) == 1:
-                    outcomes += self._send(destination, policy, records)
+                    outcomes += sending.send(destination, policy, records)
                 else:  # one record a call: `concurrency` calls at once, each its own outcome
                     sends = self._senders(name, policy.concurrency).map(
-                        lambda r: self._send(destination, policy, [r]), records
+                        lambda r: sending.send(destination, policy, [r]), records
                     )
                     outcomes += [o for sent in sends for o in sent]
         self.relay.store.record(outcomes)  # the whole batch's outcomes in one transaction
@@ -259,74 +267,6 @@ class Worker:
             if self._pools.get(name, (0, None))[0] != size:  # new, or resized by a reload
                 self._pools[name] = (size, ThreadPoolExecutor(size, f"send-{name}"))
             return self._pools[name][1]
-
-    def _map(
-        self, destination: Destination | None, batch: list[Delivery]
-    ) -> tuple[list[Outcome], list[tuple[Delivery, Record]]]:
-        outcomes, records = [], []
-        for d in batch:
-            now = time.time()
-            try:
-                records.append((d, self._record(destination, d)))
-            except Skip as exc:
-                outcomes.append(Outcome(d, "skipped", now, 0, exc.message, is_attempt=False))
-            except Permanent as exc:
-                outcomes.append(Outcome(d, "dead", now, 0, exc.message))
-            except Exception as exc:  # whatever one payload provokes ends that delivery alone
-                outcomes.append(Outcome(d, "dead", now, 0, internal_error(exc, d)))
-        return outcomes, records
-
-    def _record(self, destination: Destination | None, d: Delivery) -> Record:
-        """The record the delivery's mapping makes of its payload now.
-
-        :raise Skip: the mapping's `when`, or a field the destination requires, rules it out.
-        :raise Permanent: its destination or mapping left the config, or an expression failed.
-        """
-        if destination is None:
-            raise Permanent(
-                f"destination {d.destination!r} is no longer in the config; restore it, then replay"
-            )
-        mapping = self.relay.config.mappings.get(d.mapping)
-        if mapping is None:
-            raise Permanent(
-                f"mappings/{d.mapping}.yaml is no longer there; restore it, then replay"
-            )
-        fields = mapping.apply(normalise(d.format, json.loads(d.payload)))
-        missing = [f for f in destination.required if fields.get(f) in (None, "")]
-        if missing:
-            raise Skip(f"no {', '.join(missing)} in the record; {destination.type} needs it")
-        return Record(d.id, d.event_id, fields)
-
-    def _send(
-        self, destination: Destination, policy: Policy, records: list[tuple[Delivery, Record]]
-    ) -> list[Outcome]:
-        """Send one batch; each delivery of it gets an outcome, whatever the destination raised.
-
-        A batch refused for what a record holds (Refused) is split in halves, and each sent on
-        its own, until the record at fault stands alone: its neighbours are delivered.
-        """
-        started = time.time()
-        try:
-            destination.send([r for _, r in records])
-        except Refused as exc:
-            if len(records) > 1:
-                half = len(records) // 2
-                return self._send(destination, policy, records[:half]) + self._send(
-                    destination, policy, records[half:]
-                )
-            error: DeliveryError | None = exc
-        except DeliveryError as exc:
-            error = exc
-        except Exception as exc:  # a bug in a destination ends the batch, never the thread
-            took = int((time.time() - started) * 1000)
-            return [Outcome(d, "dead", started, took, internal_error(exc, d)) for d, _ in records]
-        else:
-            error = None
-        took = int((time.time() - started) * 1000)
-        # A batch that failed together retries together, so it is sent as one batch again.
-        attempt = max(d.attempts for d, _ in records) + 1
-        delay = backoff(policy, attempt, getattr(error, "delay", None))
-        return [outcome(d, policy, error, started, took, delay) for d, _ in records]
 
 
 def _log_failure(what: str, exc: Exception) -> None:
