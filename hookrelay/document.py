@@ -52,6 +52,8 @@ class Document:
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
+            if node is not None:  # before constructing, which keeps the last of repeated keys
+                _refuse_repeated_keys(path, loader, node)
             data = loader.construct_document(node) if node is not None else {}
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -172,6 +174,48 @@ class Document:
         from hookrelay.expressions import compile_expression
 
         return compile_expression(self, self.string(value, key), key)
+
+
+def _refuse_repeated_keys(path: Path, loader: yaml.SafeLoader, root: yaml.Node) -> None:
+    """Refuse a key given twice in one mapping, at any depth: YAML would silently keep the last.
+
+    Keys are compared as YAML reads them (`1` and `"1"` differ); an explicit key beside a `<<`
+    merge is an override, not a repetition.
+    """
+    problems: list[ConfigError] = []
+    visited: set[int] = set()  # an alias is the node it names: walk it once
+    todo: list[tuple[yaml.Node, Key]] = [(root, ())]
+    while todo:
+        node, key = todo.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo += [(v, key + (i,)) for i, v in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        for k, v in node.value:
+            todo.append((v, key + (k.value,)))
+            if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+                continue
+            name = loader.construct_object(k)
+            if name not in first:
+                first[name] = (k, v)
+                continue
+            earlier, value = first[name]
+            same_kind = isinstance(v, yaml.CollectionNode) and type(v) is type(value)
+            problems.append(
+                ConfigError(
+                    f"repeated key; first at line {earlier.start_mark.line + 1} — "
+                    f"{'merge them' if same_kind else 'keep one'}",
+                    path,
+                    k.start_mark.line + 1,
+                    ".".join(str(part) for part in (*key, k.value)),
+                )
+            )
+    if problems:
+        raise problems[0] if len(problems) == 1 else InvalidConfig(problems)
 
 
 def attempt(problems: list[ConfigError], default: T, build: Callable[..., T], *args: Any) -> T:

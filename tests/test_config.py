@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import requests
 
 from hookrelay.config import load_config
 from hookrelay.destinations import DESTINATIONS
@@ -241,3 +244,84 @@ def test_a_value_from_the_environment_is_never_echoed(tmp_path, monkeypatch):
         load_config(path)
     assert "hunter2-secret" not in str(caught.value)
     assert "got '${QS_SECRET}'" in str(caught.value)
+
+
+TRELLO_PASTED_AT_THE_END = """\
+destinations:
+  board: {type: trello, list_id: 5abbe4b7ddc1b351ef961415, key: k, token: t}
+routes:
+  - {from: qualifio, mapping: pass, to: [board]}
+"""
+
+
+def test_a_repeated_top_level_key_names_both_lines(tmp_path):
+    """The README's Trello snippet pasted at the end of config.yaml: without the check, its
+    destinations and routes would silently replace the ones above."""
+    path = write_config(tmp_path, GOOD + TRELLO_PASTED_AT_THE_END, {"pass": PASS_MAPPING})
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:12: destinations: repeated key; first at line 4 — merge them",
+        f"{path}:14: routes: repeated key; first at line 7 — merge them",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("config", "mapping", "message"),
+    [
+        (
+            GOOD.replace("  max_attempts: 5\n", "  max_attempts: 5\n  max_attempts: 6\n"),
+            PASS_MAPPING,
+            "config.yaml:11: delivery.max_attempts: repeated key; first at line 10 — keep one",
+        ),
+        (
+            GOOD.replace("timeout: 3s}", "timeout: 3s, url: http://127.0.0.1:9/other}"),
+            PASS_MAPPING,
+            "config.yaml:5: destinations.sink.url: repeated key; first at line 5 — keep one",
+        ),
+        (
+            GOOD,
+            "fields:\n  id: id\n  merge_fields:\n    A: a\n  state: state\n  id: state\n",
+            "mappings/pass.yaml:6: fields.id: repeated key; first at line 2 — keep one",
+        ),
+        (
+            GOOD,
+            "fields:\n  merge_fields: {A: a}\n  merge_fields:\n    B: b\n",
+            "mappings/pass.yaml:3: fields.merge_fields: repeated key; first at line 2 — merge them",
+        ),
+    ],
+)
+def test_a_repeated_key_at_any_depth_is_an_error(tmp_path, config, mapping, message):
+    path = write_config(tmp_path, config, {"pass": mapping})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{tmp_path}/{message}"
+
+
+def test_a_key_beside_a_yaml_merge_overrides_it_and_is_no_repetition(tmp_path):
+    text = GOOD.replace(
+        "  sink: {type: http,", "  base: &base {type: file, path: a.csv}\n  sink: {type: http,"
+    ).replace("archive: {type: file, path: data/rows.csv}", "archive: {<<: *base, path: b.csv}")
+    config = load_config(write_config(tmp_path, text, {"pass": PASS_MAPPING}))
+    assert config.destinations["archive"].path == tmp_path / "b.csv"
+
+
+def test_a_reload_with_a_repeated_key_is_refused_and_the_last_good_config_runs(
+    tmp_path, sink, start_relay
+):
+    text = GOOD.replace("sqlite:///relay.db", "${RELAY_TEST_STORAGE}")
+    text = text.replace("http://127.0.0.1:9/hook", f"{sink.url}/hook")
+    path = write_config(tmp_path, text, {"pass": PASS_MAPPING})
+    relay = start_relay(path)
+    running = relay.relay.config
+    path.write_text(text + TRELLO_PASTED_AT_THE_END, encoding="utf-8")
+    os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)  # seen even within one tick
+
+    assert relay.relay.reload_if_changed() is False
+    assert relay.relay.config is running
+    ready = requests.get(f"{relay.url}/readyz", timeout=5).json()
+    refused = f"{path}:12: destinations: repeated key; first at line 4 — merge them"
+    assert refused in ready["config_refused"]
+    relay.post(participation(1), secret="dev")
+    assert relay.wait_settled() == ["delivered", "delivered"]  # sink and archive, as before
+    assert sink.requests[0].path == "/hook"
