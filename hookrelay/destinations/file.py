@@ -4,6 +4,12 @@ Safe under concurrent workers and processes: every write holds an exclusive lock
 `<path>.lock`. CSV columns come from the first record; a record with new fields extends the header
 (the file is rewritten once, under the lock), so every row stays aligned with its header.
 
+A CSV cell that a spreadsheet would run as a formula (text starting with = + - @, a tab or a
+carriage return: a participant's `=HYPERLINK(...)`) is written with a leading `'`, as OWASP
+advises, unless `escape_formulas: false`. Numbers stay numbers, and so does text that is only a
+number (`-5`, `+32 470 12 34 56`): no formula hides in digits. JSON Lines are written as the
+records are: programs read them, not spreadsheets.
+
 A batch is written whole or not at all: a write that fails midway (a full disk) is cut back to
 where it started, so no partial line is left for the next one to be appended onto. A record that
 cannot be written as UTF-8 (a lone surrogate) is Refused, and the worker writes its neighbours.
@@ -16,6 +22,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +39,10 @@ class File:
     required: ClassVar[tuple[str, ...]] = ()
     batch_size, batch_wait, limit, exclusive = 500, 0.0, None, None
 
-    def __init__(self, name: str, context: Context, *, path: str) -> None:
-        self.name = name
+    def __init__(
+        self, name: str, context: Context, *, path: str, escape_formulas: bool = True
+    ) -> None:
+        self.name, self.escape_formulas = name, escape_formulas
         self.path = context.base_dir / str(path)
         if self.path.suffix not in FORMATS:
             raise ConfigError(
@@ -85,7 +94,8 @@ class File:
         writer = csv.DictWriter(out, columns, restval="")
         if not header:
             writer.writeheader()
-        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+        cell = _safe_cell if self.escape_formulas else _cell
+        writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
         data = _utf8(out.getvalue())  # before the header changes: a refused batch changes nothing
         if header and new:
             self._rewrite(columns)
@@ -121,6 +131,18 @@ def _utf8(text: str) -> bytes:
             "a record holds text that cannot be written as UTF-8 (a lone surrogate escape such "
             "as \\ud800 in the participation)"
         ) from None
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?[0-9][0-9 .,]*")  # digits cannot name a function, nor reach DDE
+
+
+def _safe_cell(value: Any) -> str:
+    """A cell no spreadsheet runs as a formula: text that could start one gets a leading `'`."""
+    text = _cell(value)
+    if isinstance(value, str) and text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def _cell(value: Any) -> str:
