@@ -38,23 +38,25 @@ class Expression:
 
     text: str
     run: Callable[[Any], Any]
+    call: str | None = None  # the function the whole expression calls, if it is one call
 
     def search(self, value: Any) -> Any:
         """The expression's value for `value`.
 
         :raise Permanent: it failed on this value, whatever the failure (a function given the
-            wrong kind of value, a number too large for a date, a payload nested too deep):
-            retrying cannot help, fixing the expression or the payload can. The message names
-            the failure, never the value, which may be personal data.
+            wrong kind of value, a number too large, a payload nested too deep): retrying cannot
+            help, fixing the expression or the payload can. The message reads like
+            `lower(campaign): expected a string, got an object`: the expression and the kinds of
+            value, never the value, which may be personal data, nor Python's names.
         """
         try:
             return self.run(value)
         except jp_errors.JMESPathTypeError as exc:
-            raise Permanent(f"{_type_problem(exc)} in {self.text!r}") from None
+            raise Permanent(f"{self.text}: {_type_problem(exc, self.call)}") from None
         # Anything else is a failure on this payload too (OverflowError, RecursionError...): the
         # caller expects Permanent only, and a delivery retried on it would fail the same way.
         except Exception as exc:
-            raise Permanent(f"{type(exc).__name__} in {self.text!r}") from None
+            raise Permanent(f"{self.text}: {_failure(exc)}") from None
 
 
 def compile_expression(doc: Document, text: str, key: Key) -> Expression:
@@ -71,7 +73,8 @@ def compile_expression(doc: Document, text: str, key: Key) -> Expression:
     problem = _function_problem(parsed)
     if problem:
         raise doc.error(key, f"{problem} in {text!r}")
-    return Expression(text, _closure(parsed))
+    call = parsed["value"] if parsed["type"] == "function_expression" else None
+    return Expression(text, _closure(parsed), call)
 
 
 def _closure(node: Any) -> Callable[[Any], Any]:
@@ -216,15 +219,28 @@ def truthy(value: Any) -> bool:
     return not isinstance(value, str | list | dict) or len(value) > 0
 
 
-def _type_problem(exc: jp_errors.JMESPathTypeError) -> str:
-    """What was wrong, in kinds only, never the value: 'abs() expected a number, got a boolean'."""
-    expected = " or ".join(_kind(t) for t in exc.expected_types)
+def _type_problem(exc: jp_errors.JMESPathTypeError, call: str | None) -> str:
+    """What was wrong, in kinds only, never the value: 'expected a number, got a boolean', with
+    the function's name when it is not the expression's own call ('trim() expected ...')."""
+    # null is left out of what a function takes when it takes something else: it gives null.
+    kinds = [t for t in exc.expected_types if t != "null"] or ["null"]
+    expected = " or ".join(_kind(t) for t in kinds)
     got = exc.actual_type
     if got in TYPES_MAP:  # a Python type name: jmespath checked an array's element
         got = f"an array holding {_kind(TYPES_MAP[got])}"
     else:
         got = _kind(got)
-    return f"{exc.function_name}() expected {expected}, got {got}"
+    which = "" if exc.function_name == call else f"{exc.function_name}() "
+    return f"{which}expected {expected}, got {got}"
+
+
+def _failure(exc: Exception) -> str:
+    """A failure other than a function's type check, in words rather than Python's names."""
+    if isinstance(exc, OverflowError):
+        return "a number is too large to compute with"
+    if isinstance(exc, RecursionError):
+        return "a value is nested too deep"
+    return "cannot be computed on this payload (a value of a kind it cannot take)"
 
 
 def _kind(jmespath_type: str) -> str:

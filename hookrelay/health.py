@@ -154,7 +154,7 @@ def record(store: Store, name: str, outcomes: Sequence[Outcome], policy: Policy)
     judging at once count every failure); a destination that is back makes its waiting
     deliveries due now. Returns the health after."""
     now = store.clock()
-    with store.transaction() as conn:
+    with store.transaction(wakes=True) as conn:
         insert_rows(  # a row to lock: ON CONFLICT DO NOTHING
             conn,
             "destination_health",

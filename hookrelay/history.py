@@ -1,17 +1,26 @@
 """What happened to each participation: events, their deliveries, the attempt log and the counts
-that `relay events`, /metrics and the tests read: ids, names, states and error messages, never a
-payload.
+that `relay events`, `relay show`, /metrics and the tests read.
+
+Everything here gives ids, names, states and error messages, never a payload, except `event`:
+one event whole, for an operator who asked for it by its id (`relay show`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from hookrelay.database import Status, attempts, deliveries, events
+from hookrelay.sources import Source, dedupe_key
 from hookrelay.store import Store
+
+#: The states Qualifio sends a participation in ("" for webhook 1.0, which has none): a
+#: participation id gives the dedupe key of each, so the dedupe index finds its events.
+QUALIFIO_STATES = ("COMPLETED", "INCOMPLETE", "")
 
 
 def list_events(
@@ -35,6 +44,8 @@ def list_events(
                     deliveries.c.destination,
                     deliveries.c.status,
                     deliveries.c.attempts,
+                    deliveries.c.next_attempt_at,
+                    deliveries.c.claimed_by,
                     deliveries.c.last_error,
                 )
                 .where(deliveries.c.event_id.in_([e["id"] for e in found]))
@@ -77,3 +88,80 @@ def counts(store: Store) -> dict[tuple[str, str], int]:
             )
         )
         return {(d, s): n for d, s, n in rows}
+
+
+def find_events(store: Store, sources: Iterable[Source], wanted: str) -> list[str]:
+    """The ids of the events `wanted` names, oldest first: the event with that id, else every
+    event of the Qualifio participation whose `id` it is (or of the loyalty event whose
+    `eventId` it is), whatever its source.
+
+    A participation is found through the dedupe index, by the key it has in each state Qualifio
+    sends, in each qualifio source without a `dedupe` of its own. When that finds nothing (a
+    source with its own `dedupe`, one no longer configured, another state), the stored payloads
+    are read, which takes longer on a large database.
+    """
+    keyed = [s for s in sources if s.format == "qualifio" and s.dedupe is None]
+    items = [{"id": wanted, "state": state} for state in QUALIFIO_STATES] + [{"eventId": wanted}]
+    keys = sorted({dedupe_key(s, item, "") for s in keyed for item in items})
+    with store.engine.connect() as conn:
+        if conn.execute(sa.select(events.c.id).where(events.c.id == wanted)).first():
+            return [wanted]
+        found = list(
+            conn.execute(
+                sa.select(events.c.id)
+                .where(events.c.source.in_([s.name for s in keyed]), events.c.dedupe_key.in_(keys))
+                .order_by(events.c.received_at)
+            ).scalars()
+        )
+        return found or _holding_id(conn, wanted)
+
+
+def _holding_id(conn: Connection, wanted: str) -> list[str]:
+    """The events whose payload has `wanted` as its top-level `id` or `eventId`, read from the
+    payloads. An id of plain text appears as such in the stored JSON, so the database finds the
+    candidates; another may be stored as escapes, so every payload is read."""
+    query = sa.select(events.c.id, events.c.payload).order_by(events.c.received_at)
+    if wanted.isascii() and wanted.isprintable() and not set('"\\/') & set(wanted):
+        query = query.where(events.c.payload.contains(wanted, autoescape=True))
+    rows = conn.execution_options(yield_per=500).execute(query)
+    return [i for i, payload in rows if wanted in _ids_of(json.loads(payload))]
+
+
+def _ids_of(payload: Any) -> tuple[Any, ...]:
+    return (payload.get("id"), payload.get("eventId")) if isinstance(payload, dict) else ()
+
+
+def event(store: Store, event_id: str) -> dict[str, Any] | None:
+    """One event whole, for `relay show`: its payload, and its deliveries (by destination), each
+    with its `attempt_log` (oldest first); None when there is no such event."""
+    with store.engine.connect() as conn:
+        found = (
+            conn.execute(
+                sa.select(
+                    events.c.id,
+                    events.c.source,
+                    events.c.format,
+                    events.c.payload,
+                    events.c.received_at,
+                ).where(events.c.id == event_id)
+            )
+            .mappings()
+            .first()
+        )
+        if found is None:
+            return None
+        rows = conn.execute(
+            sa.select(deliveries)
+            .where(deliveries.c.event_id == event_id)
+            .order_by(deliveries.c.destination, deliveries.c.mapping)
+        ).mappings()
+        its = [{**d, "attempt_log": []} for d in rows]
+        log = conn.execute(
+            sa.select(attempts)
+            .where(attempts.c.delivery_id.in_([d["id"] for d in its]))
+            .order_by(attempts.c.id)
+        ).mappings()
+        by_id = {d["id"]: d["attempt_log"] for d in its}
+        for attempt in log:
+            by_id[attempt["delivery_id"]].append(dict(attempt))
+    return {**found, "deliveries": its}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hookrelay.errors import Permanent, Skip
+from hookrelay.errors import BadRequest, Permanent, Skip
 from hookrelay.mapping import Mapping
-from hookrelay.sources import normalise
+from hookrelay.sources import events_in, normalise
 
 ABSENT = object()
 
@@ -25,6 +25,10 @@ class Result:
     number: int  # 1-based, in the file's order
     payload: str
     differences: list[str]
+    #: What failed, without a value from the payload or the expectation (they may be a
+    #: participant's data): for the log and /readyz. `relay test` shows `differences`.
+    summary: str = ""
+    ran: bool = True  # False: its payload could not be read, so the mapping was not tested
 
     @property
     def passed(self) -> bool:
@@ -39,27 +43,37 @@ def run_tests(mapping: Mapping, fmt: str) -> list[Result]:
 def _run(mapping: Mapping, fmt: str, base: Path, number: int, test: dict[str, Any]) -> Result:
     name = str(test.get("payload", ""))
     try:
-        payload = json.loads((base / name).read_bytes())
-    except (OSError, ValueError) as exc:
-        return Result(mapping.name, number, name, [f"cannot read payload {name!r}: {exc}"])
+        events = events_in(json.loads((base / name).read_bytes()))
+    except (OSError, ValueError, BadRequest) as exc:
+        said = f"cannot read payload {name!r}: {exc}"
+        return Result(mapping.name, number, name, [said], said, ran=False)
+    if len(events) > 1:
+        said = f"the payload holds {len(events)} events; a test takes one: one object per file"
+        return Result(mapping.name, number, name, [said], said)
     expect = test.get("expect")
     try:
-        record: Any = mapping.apply(normalise(fmt, payload))
+        record: Any = mapping.apply(normalise(fmt, events[0]))
     except Skip as exc:
         record = "skipped"
         reason = exc.message
-    except Permanent as exc:
-        return Result(mapping.name, number, name, [f"the mapping failed: {exc.message}"])
+    except Permanent as exc:  # its message names the field and the kinds of value, no value
+        said = f"the mapping failed: {exc.message}"
+        return Result(mapping.name, number, name, [said], said)
     if expect == "skipped" or record == "skipped":
         if expect == record:
             return Result(mapping.name, number, name, [])
-        got = (
-            f"skipped ({reason})" if record == "skipped" else json.dumps(record, ensure_ascii=False)
-        )
-        return Result(mapping.name, number, name, [f"expected {_show(expect)}, got {got}"])
+        if record == "skipped":
+            said, got = f"expected a record, got skipped ({reason})", f"skipped ({reason})"
+        else:
+            said, got = "expected skipped, got a record", json.dumps(record, ensure_ascii=False)
+        return Result(mapping.name, number, name, [f"expected {_show(expect)}, got {got}"], said)
     if not isinstance(expect, dict):
-        return Result(mapping.name, number, name, ["expect must be `skipped` or fields to check"])
-    return Result(mapping.name, number, name, differences(expect, record))
+        said = "expect must be `skipped` or fields to check"
+        return Result(mapping.name, number, name, [said], said)
+    found = differences(expect, record)
+    fields = [line.partition(": expected ")[0] for line in found]  # differences' own form
+    said = f"{', '.join(fields)} differ{'s' if len(fields) == 1 else ''} from what it expects"
+    return Result(mapping.name, number, name, found, said if found else "")
 
 
 def differences(expect: dict[str, Any], record: dict[str, Any], path: str = "") -> list[str]:

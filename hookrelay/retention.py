@@ -1,7 +1,8 @@
 """What the relay keeps, and for how long: the retention purge and erasure requests.
 
 Erasing an event erases its deliveries and their attempt log with it (ON DELETE CASCADE). Both
-work in chunks, so ingest, which takes the same write lock on SQLite, never waits long.
+work in chunks, so ingest, which takes the same write lock on SQLite, never waits long. Each can
+say first what it would erase, so `relay purge` and `relay forget` can ask before they do.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from hookrelay.store import Store
 CHUNK = 500  # events erased per transaction
 
 
-def purge(store: Store, before: float, chunk: int = CHUNK) -> int:
-    """Erase the events whose deliveries all ended before `before`; returns how many.
+def _expired(before: float) -> sa.ColumnElement[bool]:
+    """Events whose deliveries all ended before `before`: none pending, none updated since.
 
     An event with a pending delivery is kept however old: a participation is never lost before
     it is delivered.
@@ -27,7 +28,19 @@ def purge(store: Store, before: float, chunk: int = CHUNK) -> int:
         deliveries.c.event_id == events.c.id,
         sa.or_(deliveries.c.status == "pending", deliveries.c.updated_at >= before),
     )
-    expired = sa.and_(events.c.received_at < before, ~unfinished)
+    return sa.and_(events.c.received_at < before, ~unfinished)
+
+
+def count_expired(store: Store, before: float) -> int:
+    """How many events `purge(store, before)` would erase now (fewer, if one is replayed)."""
+    query = sa.select(sa.func.count()).select_from(events).where(_expired(before))
+    with store.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def purge(store: Store, before: float, chunk: int = CHUNK) -> int:
+    """Erase the events whose deliveries all ended before `before`; returns how many."""
+    expired = _expired(before)
     erased = 0
     while True:
         with store.transaction() as conn:
@@ -41,7 +54,12 @@ def purge(store: Store, before: float, chunk: int = CHUNK) -> int:
 
 
 def forget(store: Store, email: str) -> int:
-    """Erase every event that has `email` as one of its values, in any case; returns how many.
+    """Erase every event that has `email` as one of its values, in any case; returns how many."""
+    return erase(store, find_holding(store, email))
+
+
+def find_holding(store: Store, email: str) -> list[str]:
+    """The ids of the events that have `email` as one of their values, in any case.
 
     Only whole values match: forgetting jane@example.com keeps mary.jane@example.com. A plain ASCII
     address appears as such in the stored JSON text, so the database finds the candidates;
@@ -53,11 +71,17 @@ def forget(store: Store, email: str) -> int:
         query = query.where(sa.func.lower(events.c.payload).contains(wanted, autoescape=True))
     with store.engine.connect() as conn:
         rows = conn.execution_options(yield_per=CHUNK).execute(query)
-        found = [i for i, payload in rows if _holds(json.loads(payload), wanted)]
-    for start in range(0, len(found), CHUNK):
+        return [i for i, payload in rows if _holds(json.loads(payload), wanted)]
+
+
+def erase(store: Store, event_ids: list[str]) -> int:
+    """Erase these events, whatever their state; returns how many were still there."""
+    erased = 0
+    for start in range(0, len(event_ids), CHUNK):
         with store.transaction() as conn:
-            conn.execute(events.delete().where(events.c.id.in_(found[start : start + CHUNK])))
-    return len(found)
+            chunk = event_ids[start : start + CHUNK]
+            erased += conn.execute(events.delete().where(events.c.id.in_(chunk))).rowcount
+    return erased
 
 
 def _holds(value: Any, wanted: str) -> bool:

@@ -8,13 +8,21 @@ and the last good configuration keeps running.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 import threading
 import time
+from collections.abc import Iterable
+from pathlib import Path
 
+import sqlalchemy as sa
+
+from hookrelay import preflight
 from hookrelay.config import Config, fingerprint, load_config
-from hookrelay.errors import ConfigError
+from hookrelay.document import Document
+from hookrelay.errors import ConfigError, RelayError, StorageUnavailable
 from hookrelay.store import Store
 from hookrelay.worker import Worker
 
@@ -25,12 +33,19 @@ class Relay:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.config_problems: list[str] = []  # why the last edit was refused, if it was
-        self.store = Store(config.storage, config.storage_timeout)
+        self.store = open_store(config)
         self.worker = Worker(self)
         self._seen = config.fingerprint  # taken by load_config before it read the files
 
     def warn(self) -> None:
-        """Say at start-up what the person running the relay must know."""
+        """At start-up: refuse a mapping whose own tests fail, as a reload does, then say what the
+        person running the relay must know.
+
+        :raise InvalidConfig: a mapping's test fails (one whose payload cannot be read is not run).
+        """
+        preflight.refuse_failing_tests(self.config)
+        for warning in preflight.find_warnings(self.config):
+            logger.warning("%s", warning)
         for name, source in self.config.sources.items():
             if source.auth.is_open:
                 logger.warning("source %s accepts requests from anyone (auth: none)", name)
@@ -39,6 +54,14 @@ class Relay:
                 "running on a dyno with SQLite: its disk is ephemeral and stored events are lost "
                 "at the next restart; set DATABASE_URL to a PostgreSQL database"
             )
+        for name, destination in self.config.destinations.items():
+            if os.environ.get("DYNO") and destination.type == "file":
+                logger.warning(
+                    "destination %s writes %s on the dyno's ephemeral disk: the file is lost at "
+                    "each restart and deploy; send to a google_sheets or http destination instead",
+                    name,
+                    destination.path,
+                )
 
     def problems(self) -> list[str]:
         """Why this process cannot do its work: a thread of it that died."""
@@ -55,6 +78,7 @@ class Relay:
         self._seen = now  # taken before reading: an edit made during the load is seen next time
         try:
             config = load_config(self.config.path)
+            preflight.refuse_failing_tests(config)  # a mapping whose tests fail: refused too
         except ConfigError as exc:
             self.config_problems = str(exc).splitlines()
             logger.error("config change refused, the last good configuration keeps running")
@@ -69,6 +93,8 @@ class Relay:
         logger.info(
             "config reloaded: %d routes, %d mappings", len(config.routes), len(config.mappings)
         )
+        for warning in preflight.find_warnings(config):
+            logger.warning("%s", warning)
         return True
 
     def watch(self, interval: float | None = None) -> None:
@@ -88,6 +114,122 @@ class Relay:
                 self.reload_if_changed()
             except Exception:  # a bug here must not stop the watching; the old config runs on
                 logger.exception("config reload failed")
+
+
+def open_store(config: Config) -> Store:
+    """The configured storage, opened, its tables created or upgraded.
+
+    :raise StorageUnavailable: it cannot be opened: one line saying why and what to do, with
+        the URL's password masked.
+    """
+    where = f"cannot open storage {_masked(config.storage)}"
+    setting = f"`storage` in {config.path}"
+    if not config.storage.startswith(("sqlite:", "postgres")):
+        raise StorageUnavailable(
+            f"{where}: expected sqlite:///path or postgresql://...; fix {setting}"
+        )
+    folder = _sqlite_folder_problem(config.storage)
+    if folder:  # said before SQLite tries, which would also log its failed lock
+        raise StorageUnavailable(f"{where}: {folder}: create it, or change {setting}")
+    try:
+        return Store(config.storage, config.storage_timeout)
+    except sa.exc.ArgumentError:
+        raise StorageUnavailable(
+            f"{where}: expected sqlite:///path or postgresql://...; fix {setting}"
+        ) from None
+    except sa.exc.SQLAlchemyError as exc:
+        raise StorageUnavailable(
+            f"{where}: {storage_problem(exc)}; is the database running, and {setting} right?"
+        ) from None
+
+
+def storage_problem(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's own first line ("... port 5432 failed: Connection refused"), which names
+    the server but never the password."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first.removeprefix("connection failed: ")
+
+
+def _masked(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(not a database URL)"
+
+
+def _sqlite_folder_problem(url: str) -> str | None:
+    """Why a SQLite database that does not exist yet cannot be created there, or None."""
+    path = Path(url[len("sqlite:///") :].split("?")[0])
+    if not url.startswith("sqlite:///") or path.exists():
+        return None
+    if not path.parent.is_dir():
+        return f"the folder {path.parent} does not exist"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"the database is not there yet, and the folder {path.parent} is not writable"
+    return None
+
+
+EXAMPLE_SECRET = "dev-secret-change-me"  # config.yaml's default: public, as is this repository
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`: 127.x, ::1, localhost or a Unix socket. Any
+    other name counts as reachable: it may resolve to any address."""
+    if host == "localhost" or host.startswith(("unix:", "fd://")):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_example_secret(config: Config, hosts: Iterable[str]) -> list[str]:
+    """Warnings for the sources that still accept the example secret, which anyone can read.
+
+    :raise RelayError: a source does, and the relay listens beyond loopback (one of `hosts` is
+        not) or runs on a dyno: anyone could sign a participation for it.
+    """
+    exposed = [h for h in hosts if not is_loopback(h)]
+    warnings = []
+    for name, source in config.sources.items():
+        auth = source.auth
+        if EXAMPLE_SECRET not in (*auth.signature_secrets, *(auth.basic or ())[1:]):
+            continue
+        variable = _example_variable(config.path, name)
+        todo = (
+            f"set {variable} to your Qualifio webhook's secret"
+            if variable
+            else f"write ${{QUALIFIO_SECRET}} in its place in {config.path} and set that variable"
+        )
+        said = f"source {name} accepts the example secret {EXAMPLE_SECRET!r}"
+        if exposed or os.environ.get("DYNO"):
+            where = f"would listen on {exposed[0]}" if exposed else "runs on a dyno (DYNO is set)"
+            raise RelayError(f"{said}, which anyone can read, and the relay {where}: {todo}")
+        warnings.append(
+            f"{said}: fine on this machine, refused when the relay listens on any other "
+            f"address; {todo}"
+        )
+    return warnings
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _example_variable(path: Path, source: str) -> str | None:
+    """The ${VAR} that gave `source` the example secret, found on the lines of its `auth:`."""
+    try:
+        doc = Document(path)
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (RelayError, OSError):  # changed since it was loaded: the message goes without it
+        return None
+    numbers = sorted({n for key, n in doc.lines.items() if key[:3] == ("sources", source, "auth")})
+    for number in numbers:
+        for variable, default in _VARIABLE.findall(lines[number - 1]):
+            if EXAMPLE_SECRET in (default, os.environ.get(variable)):
+                return str(variable)
+    return None
 
 
 class OneLineFormatter(logging.Formatter):

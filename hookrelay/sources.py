@@ -64,10 +64,20 @@ def parse_events(source: Source, body: bytes) -> list[Incoming]:
     data, text = parse_json(body)
     if isinstance(data, dict):
         return [_incoming(source, data, text)]
+    # Each element's own text; ASCII, so that a lone surrogate (valid as a JSON escape) stays an
+    # escape, which every database can store.
+    return [_incoming(source, item, json.dumps(item)) for item in events_in(data)]
+
+
+def events_in(data: Any) -> list[dict[str, Any]]:
+    """The events a JSON value holds: an object is one, an array of objects one per element.
+
+    :raise BadRequest: any other shape (a list of numbers, text, an empty array...).
+    """
+    if isinstance(data, dict):
+        return [data]
     if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
-        # Each element's own text; ASCII, so that a lone surrogate (valid as a JSON escape) stays
-        # an escape, which every database can store.
-        return [_incoming(source, item, json.dumps(item)) for item in data]
+        return data
     raise BadRequest("expected a JSON object, or a non-empty array of objects")
 
 

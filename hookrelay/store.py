@@ -296,18 +296,29 @@ class Store:
         return len(kept)
 
     def replay(
-        self, event_ids: Sequence[str] = (), dead: bool = False, destination: str | None = None
+        self,
+        event_ids: Sequence[str] = (),
+        dead: bool = False,
+        destination: str | None = None,
+        *,
+        states: Sequence[Status] = ("pending", "skipped", "dead"),
     ) -> int:
-        """Make deliveries due again with a fresh attempt budget; returns how many."""
-        where: list[sa.ColumnElement[bool]] = []
+        """Make deliveries due again with a fresh attempt budget; returns how many.
+
+        Only deliveries in `states`: by default every state but `delivered`, so a replay never
+        sends again what reached its destination unless asked to. `dead=True` means
+        `states=("dead",)`; `event_ids` and `destination`, when given, narrow the choice. A
+        delivery a worker holds at this moment is left to it.
+        """
+        where: list[sa.ColumnElement[bool]] = [
+            deliveries.c.status.in_(["dead"] if dead else list(states))
+        ]
         if event_ids:
             where.append(deliveries.c.event_id.in_(list(event_ids)))
-        if dead:
-            where.append(deliveries.c.status == "dead")
         if destination:
             where.append(deliveries.c.destination == destination)
         now = self.clock()
-        with self.transaction() as conn:
+        with self.transaction(wakes=True) as conn:
             return conn.execute(
                 deliveries.update()
                 .where(*where, deliveries.c.claimed_by.is_(None))

@@ -63,7 +63,7 @@ def test_400_is_dead_at_once_and_replay_dead_delivers_it(tmp_path, sink, start_r
     sink.default = Answer(200, {"ok": True})  # the receiver is fixed
     replayed = relay_command("replay", "--dead", "--config", str(config))
     assert replayed.returncode == 0, replayed.stderr
-    assert replayed.stdout.strip() == "1 deliveries scheduled again"
+    assert replayed.stdout.strip() == "1 delivery scheduled again"
     relay.relay.worker.wake()
     assert relay.wait_settled() == ["delivered"]
     assert len(sink.requests) == 1
@@ -76,7 +76,7 @@ def test_replay_one_event_sends_it_again_with_the_same_webhook_id(tmp_path, sink
     event_id = relay.post(participation(1)).json()["event_id"]
     relay.post(participation(2))
     relay.wait_settled()
-    assert relay_command("replay", event_id, "--config", str(config)).returncode == 0
+    assert relay_command("replay", event_id, "--all", "--config", str(config)).returncode == 0
     relay.relay.worker.wake()
     sink.wait_for(3)
     assert relay.wait_settled() == ["delivered", "delivered"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import sqlalchemy as sa
 
 from hookrelay import history
@@ -35,7 +36,7 @@ def test_purge_erases_events_whose_deliveries_all_ended_before_the_cutoff(store,
     [waiting] = ingest(store, "still-pending")
     clock.now += 40 * DAY
     deliver_due(store, clock)  # late's deliveries end now, and waiting's...
-    store.replay([waiting.event_id])  # ...are due again: pending, 40 days after it came
+    store.replay([waiting.event_id], states=["delivered"])  # ...are due again: pending, 40 days on
     assert rows(store, attempts) == 14
     assert purge(store, clock.now - 30 * DAY, chunk=2) == 5
     assert {e["id"] for e in history.list_events(store)} == {late.event_id, waiting.event_id}
@@ -94,16 +95,40 @@ def test_relay_purge_erases_finished_events_and_keeps_pending_ones(tmp_path, sin
     stopped = start_relay(config, worker=False)  # the next one stays pending
     pending = stopped.post(participation(2)).json()["event_id"]
 
-    kept = relay_command("purge", "--config", str(config))
+    kept = relay_command("purge", "--config", str(config), input="")
     assert kept.returncode == 0, kept.stderr
-    assert kept.stdout.startswith("0 events erased")
+    assert kept.stdout.startswith("Events whose deliveries all ended before ")
+    assert kept.stdout.endswith(" (pending ones are kept): 0\n")  # nothing to ask
     assert {e["id"] for e in stopped.events()} == {delivered, pending}
 
-    erased = relay_command("purge", "--older-than", "0s", "--config", str(config))
+    erased = relay_command("purge", "--older-than", "0s", "--config", str(config), input="yes\n")
     assert erased.returncode == 0, erased.stderr
-    assert erased.stdout.startswith("1 event erased, with its deliveries and attempt log")
+    assert erased.stdout.splitlines()[1:] == [
+        "Erase 1 event, with its deliveries and attempt log? [y/N] "
+        "Erased 1 event, with its deliveries and attempt log"
+    ]
     assert [e["id"] for e in stopped.events()] == [pending]
     assert rows(stopped.relay.store, attempts) == 0
+
+
+@pytest.mark.parametrize("answer", ["", "no\n", "yess\n"])  # end of input, no, a typo
+def test_purge_erases_nothing_unless_the_answer_is_yes(tmp_path, sink, start_relay, answer):
+    config = basic_config(tmp_path, sink.url)
+    relay = start_relay(config)
+    event_id = relay.post(participation(1)).json()["event_id"]
+    assert relay.wait_settled() == ["delivered"]
+
+    refused = relay_command("purge", "--older-than", "0s", "--config", str(config), input=answer)
+    assert refused.returncode == 1
+    assert refused.stdout.endswith("Erase 1 event, with its deliveries and attempt log? [y/N] ")
+    assert refused.stderr == "Aborted: nothing was erased.\n"
+    assert [e["id"] for e in relay.events()] == [event_id]
+
+    scripted = relay_command("purge", "--older-than", "0s", "--yes", "--config", str(config))
+    assert scripted.returncode == 0, scripted.stderr
+    assert "?" not in scripted.stdout
+    assert scripted.stdout.endswith("\nErased 1 event, with its deliveries and attempt log\n")
+    assert relay.events() == []
 
 
 def test_relay_forget_erases_one_participants_events(tmp_path, sink, start_relay):
@@ -113,21 +138,52 @@ def test_relay_forget_erases_one_participants_events(tmp_path, sink, start_relay
     other = relay.post(participation(3, form=[])).json()["event_id"]
     relay.wait_settled()
 
-    forgot = relay_command("forget", "Zoe.Lefevre@example.com", "--config", str(config))
+    command = ("forget", "Zoe.Lefevre@example.com", "--config", str(config))
+    kept = relay_command(*command, input="")  # no answer: a script that forgot --yes
+    assert kept.returncode == 1
+    assert kept.stdout == (
+        "Events holding this address, pending or not: 2\n"
+        "Erase 2 events, with their deliveries and attempt log? [y/N] "
+    )
+    assert kept.stderr == "Aborted: nothing was erased.\n"
+    assert len(relay.events()) == 3
+
+    forgot = relay_command(*command, input="y\n")
     assert forgot.returncode == 0, forgot.stderr
-    assert forgot.stdout.startswith("2 events erased, with their deliveries and attempt log.")
-    assert "erase them there too" in forgot.stdout
+    assert forgot.stdout.splitlines()[1] == (
+        "Erase 2 events, with their deliveries and attempt log? [y/N] "
+        "Erased 2 events, with their deliveries and attempt log. Copies already delivered stay "
+        "in the destinations (sheets, Trello, Mailchimp, Brevo...): erase them there too."
+    )
     assert "example.com" not in forgot.stdout + forgot.stderr
     assert [e["id"] for e in relay.events()] == [other]
     assert not set(zoe) & history.known_events(relay.relay.store, zoe)
     assert rows(relay.relay.store, attempts) == 1
+    again = relay_command(*command, "--yes")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "Events holding this address, pending or not: 0\n"  # nothing to ask
 
 
-def test_purge_and_forget_refuse_what_they_cannot_read(tmp_path):
+@pytest.mark.parametrize(
+    ("older_than", "message"),
+    [
+        ("30", "--older-than needs a unit, such as 30d, 12h or 90m; got '30'"),
+        (" 1.5 ", "--older-than needs a unit, such as 30d, 12h or 90m; got ' 1.5 '"),
+        (
+            "a month",
+            "--older-than: expected a duration such as 500ms, 10s, 2m, 1h or 30d, got 'a month'",
+        ),
+    ],
+)
+def test_purge_refuses_a_duration_without_its_unit(tmp_path, older_than, message):
     config = basic_config(tmp_path)
-    wrong = relay_command("purge", "--older-than", "a month", "--config", str(config))
-    assert wrong.returncode == 2  # click's usage error
-    assert "expected a duration such as 500ms, 10s, 2m, 1h or 30d, got 'a month'" in wrong.stderr
+    wrong = relay_command("purge", "--older-than", older_than, "--yes", "--config", str(config))
+    assert (wrong.returncode, wrong.stderr) == (1, f"Error: {message}\n")
+    assert wrong.stdout == ""  # refused before anything was counted, let alone erased
+
+
+def test_forget_refuses_what_is_not_an_email(tmp_path):
+    config = basic_config(tmp_path)
     no_email = relay_command("forget", "zoe", "--config", str(config))
     assert no_email.returncode == 1
     assert no_email.stderr == "Error: expected the participant's email address\n"

@@ -150,7 +150,14 @@ def test_many_processes_starting_at_once_create_the_schema_once(storage):
     try:
         assert schema_of(stores[0]) == (
             [SCHEMA_VERSION],
-            ["attempts", "counters", "deliveries", "destination_health", "events", "schema_version"],
+            [
+                "attempts",
+                "counters",
+                "deliveries",
+                "destination_health",
+                "events",
+                "schema_version",
+            ],
         )
     finally:
         for s in stores:

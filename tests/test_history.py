@@ -1,0 +1,151 @@
+"""The attempt log, seen: `relay show` (an event whole, by its id or its participation's) and
+`relay events` (ids and states, and when a pending delivery is tried next), on both backends."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+from hookrelay import history
+from hookrelay.config import load_config
+from hookrelay.sources import Incoming, dedupe_key
+from tests.conftest import (
+    FORBIDDEN,
+    PASS_MAPPING,
+    ROOT,
+    SECRET,
+    TARGETS,
+    basic_config,
+    participation,
+    relay_command,
+    sample,
+    write_config,
+)
+from tests.fakes.server import Answer
+
+PARTICIPANT = ("zoe.lefevre@example.com", "Zoë", "Lefèvre")  # in samples/v2-complete.json
+
+
+def show(config, wanted):
+    done = relay_command("show", wanted, "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_show_gives_the_payload_variables_records_and_every_attempt(tmp_path, sink, start_relay):
+    sink.default = Answer(400, {"error": "field 'id' is not accepted"})  # hook: dead at once
+    config = write_config(
+        tmp_path,
+        f"""
+        storage: ${{RELAY_TEST_STORAGE}}
+        sources:
+          qualifio: {{format: qualifio, auth: {{signature: {{secrets: ["{SECRET}"]}}}}}}
+        destinations:
+          rows: {{type: file, path: rows.jsonl}}
+          hook: {{type: http, url: "{sink.url}"}}
+        routes:
+          - {{from: qualifio, mapping: pass, to: [rows, hook]}}
+          - {{from: qualifio, mapping: never, to: [rows]}}
+        """,
+        {"pass": PASS_MAPPING, "never": "when: \"state == 'NEVER'\"\nfields: {id: id}\n"},
+    )
+    relay = start_relay(config)
+    event_id = relay.post(sample("v2-complete.json")).json()["event_id"]
+    assert sorted(relay.wait_settled()) == ["dead", "delivered", "skipped"]
+
+    shown = show(config, event_id)
+    head, payload = shown.split("\npayload\n", 1)
+    assert head.splitlines()[:2] == [f"event {event_id}", "  source    qualifio (format qualifio)"]
+    assert '          "value": "zoe.lefevre@example.com"' in payload  # pretty, as stored
+    assert '    "email": "zoe.lefevre@example.com",' in shown.split("\nvariables ")[1]
+    blocks = {b.split("\n", 1)[0]: b for b in shown.split("\n\ndelivery ")[1:]}
+    [hook] = [b for first, b in blocks.items() if first.endswith("to hook (mapping pass)")]
+    [rows] = [b for first, b in blocks.items() if first.endswith("to rows (mapping pass)")]
+    [never] = [b for first, b in blocks.items() if first.endswith("to rows (mapping never)")]
+
+    assert "  status      dead, 1 attempt\n" in hook
+    assert "  last error  " in hook and "answered 400" in hook
+    [attempt] = hook.split("  attempts\n")[1].splitlines()
+    assert " dead " in attempt and " HTTP 400 " in attempt and " ms  " in attempt
+    assert "field 'id' is not accepted" in attempt  # the vendor's answer, excerpted
+    assert '"id": "7F3C2A91-5B4E-4D2A-9C1E-2B8F6A0D4E11"' in hook  # the record it makes now
+
+    assert "  status      delivered, 1 attempt\n" in rows and "last error" not in rows
+    [attempt] = rows.split("  attempts\n")[1].splitlines()
+    assert " delivered " in attempt
+    assert "  record now  skipped: when: state == 'NEVER'" in never
+
+
+def test_a_pending_delivery_says_when_it_is_tried_next(tmp_path, sink, start_relay):
+    sink.default = Answer(429, {"error": "slow down"}, {"Retry-After": "3600"})
+    config = basic_config(tmp_path, sink.url)
+    relay = start_relay(config)
+    event_id = relay.post(participation(1)).json()["event_id"]
+    deadline = time.monotonic() + 10
+    while not relay.attempts((delivery := relay.deliveries()[0])["id"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    when = dt.datetime.fromtimestamp(relay.deliveries()[0]["next_attempt_at"])
+    today = when.date() == dt.date.today()  # past midnight, the date comes too
+    at = when.strftime("%H:%M:%S") if today else when.isoformat(" ", "seconds")
+
+    listed = relay_command("events", "--config", str(config)).stdout
+    assert f"    sink             pending   attempts=0  next try {at}" in listed
+    shown = show(config, event_id)
+    assert f"delivery {delivery['id']} to sink (mapping pass)" in shown
+    assert f"  status      pending, 0 attempts, next try {at}" in shown  # a 429 spends none
+    assert " retry     HTTP 429 " in shown
+
+
+def test_events_say_due_now_and_never_show_personal_data(tmp_path, start_relay):
+    config = basic_config(tmp_path)
+    relay = start_relay(config, worker=False)
+    event_id = relay.post(sample("v2-complete.json")).json()["event_id"]
+
+    listed = relay_command("events", "--config", str(config)).stdout
+    assert f"{event_id}  " in listed
+    assert "    sink             pending   attempts=0  due now\n" in listed
+    assert not [s for s in FORBIDDEN if s in listed]
+    shown = show(config, event_id)  # the operator's own look at one event: the payload whole
+    assert all(s in shown for s in PARTICIPANT)
+    assert "  status      pending, 0 attempts, due now\n  record now\n" in shown
+    assert "  attempts    none yet" in shown
+
+
+def test_show_finds_the_events_of_a_participation_by_its_id(tmp_path, start_relay):
+    config = basic_config(tmp_path)
+    relay = start_relay(config, worker=False)
+    incomplete = relay.post(participation(1, state="INCOMPLETE")).json()["event_id"]
+    complete = relay.post(participation(1)).json()["event_id"]
+    relay.post(participation(2))
+    loyalty = relay.post(sample("loyalty-earning-ILLUSTRATIVE.json")).json()["events"]
+    copied = relay.post(participation(3), source="plain", secret=None).json()["event_id"]
+
+    def events_of(wanted):
+        return [
+            line.split()[1] for line in show(config, wanted).splitlines() if line[:6] == "event "
+        ]
+
+    assert events_of(json.loads(participation(1))["id"]) == [incomplete, complete]
+    first = json.loads(sample("loyalty-earning-ILLUSTRATIVE.json"))[0]["eventId"]
+    assert events_of(first) == [loyalty[0]["event_id"]]
+    # A source with no Qualifio dedupe key (format json): found in the stored payloads.
+    assert events_of(json.loads(participation(3))["id"]) == [copied]
+    assert events_of(complete) == [complete]
+
+
+def test_a_participation_is_found_through_the_dedupe_index(tmp_path, store):
+    # The payload does not hold the id: only the dedupe key the relay stored can find it.
+    config = load_config(basic_config(tmp_path))
+    pid = "7F3C2A91-5B4E-4D2A-9C1E-2B8F6A0D4E11"
+    source = config.sources["qualifio"]
+    key = dedupe_key(source, {"id": pid, "state": "COMPLETED"}, "")
+    [stored] = store.store_events("qualifio", "qualifio", [Incoming("{}", key)], TARGETS)
+    assert history.find_events(store, config.sources.values(), pid) == [stored.event_id]
+
+
+def test_show_of_an_unknown_id_is_one_line_and_exit_1(tmp_path, storage):
+    done = relay_command("show", "0123abcd", "--config", str(basic_config(tmp_path)), cwd=ROOT)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == "Error: no event, nor participation, with id '0123abcd'\n"
