@@ -1,4 +1,5 @@
-"""The statements a claim and its record run, built once per process.
+"""What a claim hands the worker (Delivery) and what its record writes back (Outcome), and the
+statements both run, built once per process.
 
 Each claim and each batch's record run them with new values only: building a statement per call
 cost more CPU than the database's own work (SQLAlchemy caches the SQL it compiles, not the
@@ -7,12 +8,50 @@ statement objects, nor their cache keys).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from hookrelay.database import deliveries, events
+from hookrelay.database import Status, deliveries, events
+
+Signal = Literal["up", "down", "throttled"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed delivery, with what the worker needs to map and send it."""
+
+    id: str
+    event_id: str
+    mapping: str
+    destination: str
+    attempts: int
+    claim: str
+    source: str
+    format: str
+    payload: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt at a delivery ended in; `pending` means "retry at next_attempt_at"."""
+
+    delivery: Delivery
+    status: Status
+    started_at: float
+    duration_ms: int
+    detail: str | None = None
+    http_status: int | None = None
+    next_attempt_at: float | None = None
+    is_attempt: bool = True  # False when it spends none of max_attempts (a skip, a 429)
+    #: What the attempt says of its destination (hookrelay.health): it answered ("up"), it
+    #: failed ("down": 5xx, timeout, refused connection), it asked us to slow down
+    #: ("throttled": 429); None when nothing was sent.
+    signal: Signal | None = None
+
 
 #: A claimed Delivery's columns, in the order of its fields.
 CLAIMED = [

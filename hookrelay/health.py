@@ -23,9 +23,10 @@ from typing import Literal
 
 import sqlalchemy as sa
 
+from hookrelay.claims import Outcome
 from hookrelay.config import Policy
 from hookrelay.database import deliveries, health, insert_rows
-from hookrelay.store import Outcome, Store
+from hookrelay.store import Store
 
 State = Literal["ok", "throttled", "open"]
 CIRCUIT_AFTER = 5  # attempts in a row that failed before the circuit opens

@@ -285,6 +285,7 @@ def _read(store: Store) -> Rows:
 
 
 def _gauges(store: Store) -> list[Metric]:
+    """What the tables hold now: deliveries by state, the backlog, each destination's health."""
     states = GaugeMetricFamily(
         "hookrelay_deliveries",
         "Deliveries stored, by destination and status",
@@ -302,7 +303,6 @@ def _gauges(store: Store) -> list[Metric]:
         "1 for the state each destination is in (ok, throttled, open); listed once it had trouble",
         labels=["destination", "state"],
     )
-    for h in health.read_all(store):
-        for state in ("ok", "throttled", "open"):
-            conditions.add_metric([h.destination, state], float(h.state == state))
+    for h, state in ((h, s) for h in health.read_all(store) for s in ("ok", "throttled", "open")):
+        conditions.add_metric([h.destination, state], float(h.state == state))
     return [states, backlog, conditions]

@@ -9,9 +9,9 @@ import random
 import time
 from collections.abc import Callable
 
+from hookrelay.claims import Delivery, Outcome, Signal
 from hookrelay.config import Policy
 from hookrelay.errors import DeliveryError, RetryLater, Skip, Throttled, trace
-from hookrelay.store import Delivery, Outcome, Signal
 
 logger = logging.getLogger(__name__)
 # Jitter of its own, like row ids: the `random` module's state is left to others.

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import time
 
+from hookrelay.claims import Delivery, Outcome
 from hookrelay.config import Config, Policy
 from hookrelay.destinations import Destination, Record
 from hookrelay.errors import DeliveryError, Permanent, Refused, Skip
 from hookrelay.retries import backoff, internal_error, outcome
 from hookrelay.sources import normalise
-from hookrelay.store import Delivery, Outcome
 
 
 def map_batch(

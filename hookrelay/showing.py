@@ -12,11 +12,11 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from hookrelay.claims import Delivery
 from hookrelay.config import Config
 from hookrelay.errors import Permanent, Skip
 from hookrelay.sending import record_of
 from hookrelay.sources import normalise
-from hookrelay.store import Delivery
 
 #: Control characters a payload or a vendor's answer may hold, written escaped so that none can
 #: move the cursor or recolour the operator's terminal (line breaks are the display's own).

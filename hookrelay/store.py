@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -27,6 +27,8 @@ from hookrelay.claims import (
     READ_CLAIMED,
     RECORD,
     Claiming,
+    Delivery,
+    Outcome,
 )
 from hookrelay.commit import FileLock, GroupCommit, NamedLocks, write_lock
 from hookrelay.database import (
@@ -44,7 +46,6 @@ from hookrelay.database import (
 )
 from hookrelay.sources import Incoming
 
-Signal = Literal["up", "down", "throttled"]
 Job = tuple[str, str, Sequence[Incoming], Sequence[tuple[str, str]]]
 
 
@@ -52,40 +53,6 @@ Job = tuple[str, str, Sequence[Incoming], Sequence[tuple[str, str]]]
 class Stored:
     event_id: str
     duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """A claimed delivery, with what the worker needs to map and send it."""
-
-    id: str
-    event_id: str
-    mapping: str
-    destination: str
-    attempts: int
-    claim: str
-    source: str
-    format: str
-    payload: str
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one attempt at a delivery ended in; `pending` means "retry at next_attempt_at"."""
-
-    delivery: Delivery
-    status: Status
-    started_at: float
-    duration_ms: int
-    detail: str | None = None
-    http_status: int | None = None
-    next_attempt_at: float | None = None
-    is_attempt: bool = True  # False when it spends none of max_attempts (a skip, a 429)
-    #: What the attempt says of its destination (hookrelay.health): it answered ("up"), it
-    #: failed ("down": 5xx, timeout, refused connection), it asked us to slow down
-    #: ("throttled": 429); None when nothing was sent.
-    signal: Signal | None = None
 
 
 class Store:

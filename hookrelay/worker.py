@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 from hookrelay import health, metrics, retention, sending, wakeups
+from hookrelay.claims import Delivery, Outcome
 from hookrelay.config import Policy
 from hookrelay.errors import StorageUnavailable, trace
-from hookrelay.store import Delivery, Outcome
 
 if TYPE_CHECKING:
     from hookrelay.runtime import Relay

@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from hookrelay import health
+from hookrelay.claims import Delivery, Outcome
 from hookrelay.config import Policy
 from hookrelay.health import CIRCUIT_AFTER, Health, judge, probe_interval
-from hookrelay.store import Delivery, Outcome
 from tests.conftest import basic_config, ingest, participation, relay_command
 from tests.fakes.server import Answer, Received
 from tests.processes import post_signed, processes, wait_until

@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from hookrelay import history
+from hookrelay.claims import Outcome
 from hookrelay.database import attempts, deliveries
 from hookrelay.retention import forget, purge
 from hookrelay.sources import Incoming
-from hookrelay.store import Outcome
 from tests.conftest import TARGETS, basic_config, ingest, participation, relay_command
 from tests.processes import wait_until
 

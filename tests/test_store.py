@@ -9,9 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from hookrelay import history
+from hookrelay.claims import Outcome
 from hookrelay.database import SCHEMA_VERSION, deliveries
 from hookrelay.errors import StorageUnavailable
-from hookrelay.store import Outcome, Store
+from hookrelay.store import Store
 from tests.conftest import ingest
 
 
