@@ -150,10 +150,13 @@ def take_probe(store: Store, name: str, policy: Policy, failures: int) -> bool:
         return bool(conn.execute(_PROBE, {"name": name, "now": now, "until": until}).rowcount == 1)
 
 
-def record(store: Store, name: str, outcomes: Sequence[Outcome], policy: Policy) -> Health:
+def record(
+    store: Store, name: str, outcomes: Sequence[Outcome], policy: Policy
+) -> tuple[Health, Health]:
     """Judge a batch's outcomes against the stored health, in one transaction (so processes
     judging at once count every failure); a destination that is back makes its waiting
-    deliveries due now. Returns the health after."""
+    deliveries due now. Returns the stored health before and after: only the process that
+    changed the state says so (several may judge at once)."""
     now = store.clock()
     with store.transaction(wakes=True) as conn:
         insert_rows(  # a row to lock: ON CONFLICT DO NOTHING
@@ -173,7 +176,7 @@ def record(store: Store, name: str, outcomes: Sequence[Outcome], policy: Policy)
             )
         if current.state != "ok" and after.state == "ok":
             conn.execute(_DUE_NOW, {"name": name, "now": now})
-    return after
+    return current, after
 
 
 def expire(store: Store, policies: Mapping[str, Policy]) -> dict[str, int]:

@@ -254,8 +254,9 @@ class Worker:
         known = self._health.get(name, health.Health(name))
         if not any(o.signal != "up" for o in sent) and not (sent and known.troubled):
             return
-        after = self._health[name] = health.record(self.relay.store, name, sent, policy)
-        if after.state != known.state:
+        before, after = health.record(self.relay.store, name, sent, policy)
+        self._health[name] = after
+        if after.state != before.state:
             logger.warning("destination %s: %s", name, after.describe())
             if after.state == "ok":
                 self.wake()  # what waited for it is due now
