@@ -44,6 +44,7 @@ SETTINGS = (
     Setting("destinations", {}, "where mapped records go"),
     Setting("routes", [], "which mapping sends which source to which destinations"),
     Setting("delivery", {}, "retry policy; any destination may override these keys"),
+    Setting("admin", {"edit_mappings": False}, "the admin console; edit_mappings: save mappings"),
 )
 
 #: The delivery policy keys, valid under `delivery:` and in any destination.
@@ -99,6 +100,7 @@ class Config:
     trusted_proxy_hops: int = 0
     retention_days: int = 30
     storage_timeout: float = 10.0
+    edit_mappings: bool = False  # admin: {edit_mappings: true}: the playground may save mappings
     fingerprint: Fingerprint = ()
 
     def targets(self, source: str) -> list[tuple[str, str]]:
@@ -206,12 +208,14 @@ def _mapping(path: Path) -> Any:
 
 def _settings(doc: Document, data: dict[str, Any], base: Path) -> dict[str, Any]:
     storage = doc.string(data.get("storage", SETTINGS[0].default), ("storage",))
+    admin = doc.table(data.get("admin"), ("admin",), ("edit_mappings",))
     return dict(
         storage=_resolve_sqlite(storage, base),
         max_body_bytes=doc.integer(data.get("max_body_bytes", 1 << 20), ("max_body_bytes",), 1),
         trusted_proxy_hops=doc.integer(data.get("trusted_proxy_hops", 0), ("trusted_proxy_hops",)),
         retention_days=doc.integer(data.get("retention_days", 30), ("retention_days",), 1),
         storage_timeout=doc.duration(data.get("storage_timeout", "10s"), ("storage_timeout",)),
+        edit_mappings=doc.boolean(admin.get("edit_mappings", False), ("admin", "edit_mappings")),
     )
 
 

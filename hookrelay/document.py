@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,14 +41,23 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class Document:
-    """One YAML file: its data (with ${VAR} expanded) and the line of every key."""
+    """One YAML file: its data (with ${VAR} expanded) and the line of every key.
 
-    def __init__(self, path: Path) -> None:
+    `text`, when given, is read as the file's content (the admin console's playground, for a
+    mapping not saved yet); `environ` is where ${VAR} is looked up, os.environ unless given (the
+    playground gives none, so that no text typed there can show a server's secret).
+    """
+
+    def __init__(
+        self, path: Path, text: str | None = None, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.path = path
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read the file ({exc.strerror})", path) from None
+        self._environ = os.environ if environ is None else environ
+        if text is None:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot read the file ({exc.strerror})", path) from None
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -89,7 +98,7 @@ class Document:
 
     def _lookup(self, match: re.Match[str], key: Key) -> str:
         name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
+        value = self._environ.get(name)
         if value is None or (value == "" and default is not None):
             if default is None:
                 raise self.error(

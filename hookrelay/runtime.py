@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 class Relay:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.loaded_at = time.time()  # when this configuration took effect
         self.config_problems: list[str] = []  # why the last edit was refused, if it was
         self.store = open_store(config)
         self.worker = Worker(self)
@@ -88,7 +89,7 @@ class Relay:
         for setting in ("storage", "storage_timeout", "trusted_proxy_hops"):
             if getattr(config, setting) != getattr(self.config, setting):
                 logger.warning("%s changed: it takes effect at the next restart", setting)
-        self.config, self.config_problems = config, []
+        self.config, self.config_problems, self.loaded_at = config, [], time.time()
         self.worker.config_changed()
         logger.info(
             "config reloaded: %d routes, %d mappings", len(config.routes), len(config.mappings)

@@ -269,19 +269,22 @@ class Store:
         destination: str | None = None,
         *,
         states: Sequence[Status] = ("pending", "skipped", "dead"),
+        delivery_ids: Sequence[str] = (),
     ) -> int:
         """Make deliveries due again with a fresh attempt budget; returns how many.
 
         Only deliveries in `states`: by default every state but `delivered`, so a replay never
         sends again what reached its destination unless asked to. `dead=True` means
-        `states=("dead",)`; `event_ids` and `destination`, when given, narrow the choice. A
-        delivery a worker holds at this moment is left to it.
+        `states=("dead",)`; `event_ids`, `delivery_ids` and `destination`, when given, narrow the
+        choice. A delivery a worker holds at this moment is left to it.
         """
         where: list[sa.ColumnElement[bool]] = [
             deliveries.c.status.in_(["dead"] if dead else list(states))
         ]
         if event_ids:
             where.append(deliveries.c.event_id.in_(list(event_ids)))
+        if delivery_ids:
+            where.append(deliveries.c.id.in_(list(delivery_ids)))
         if destination:
             where.append(deliveries.c.destination == destination)
         now = self.clock()

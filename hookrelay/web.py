@@ -1,4 +1,5 @@
-"""The web app: POST /hooks/<source>, /healthz, /readyz, /metrics.
+"""The web app: POST /hooks/<source>, /healthz, /readyz, /metrics, and the admin console under
+/admin (hookrelay.admin) when RELAY_ADMIN_PASSWORD is set.
 
 A 2xx means "stored durably": the event and its deliveries are committed before we answer, and
 nothing is forwarded from this request. Views only raise; one error handler turns a Rejected into
@@ -17,7 +18,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from hookrelay import metrics
+from hookrelay import admin, metrics
 from hookrelay.auth import authenticate, check_address
 from hookrelay.config import Config, default_config_path, load_config
 from hookrelay.errors import Rejected, RequestTimeout, StorageUnavailable, TooLarge, UnknownSource
@@ -40,6 +41,10 @@ def create_app(config: Config | None = None, worker: bool | None = None) -> Flas
     app.register_blueprint(bp)
     app.register_error_handler(Rejected, _rejected)
     app.register_error_handler(HTTPException, _http_error)
+    if os.environ.get("RELAY_ADMIN_PASSWORD"):  # the console is off without it: /admin is a 404
+        admin.init_app(
+            app, os.environ["RELAY_ADMIN_PASSWORD"], os.environ.get("RELAY_SECRET_KEY") or None
+        )
     if relay.config.trusted_proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=relay.config.trusted_proxy_hops)  # type: ignore[method-assign]
     relay.warn()

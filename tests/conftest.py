@@ -307,6 +307,17 @@ def ingest(store: Store, *keys: str, source: str = "qualifio") -> list[Stored]:
     return store.store_events(source, "qualifio", [Incoming("{}", k) for k in keys], TARGETS)
 
 
+def query_plan(store: Store, query: Any) -> str:
+    """How the database plans `query`, as one line; PostgreSQL told to avoid sequential scans,
+    as it would with a large table."""
+    sql = str(query.compile(store.engine, compile_kwargs={"literal_binds": True}))
+    explain = "EXPLAIN QUERY PLAN " if store.dialect == "sqlite" else "EXPLAIN "
+    with store.engine.connect() as conn:
+        if store.dialect == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")
+        return " ".join(str(row[-1]) for row in conn.exec_driver_sql(explain + sql))
+
+
 @pytest.fixture
 def sink() -> Iterator[FakeServer]:
     with FakeServer() as server:

@@ -7,8 +7,12 @@ import datetime as dt
 import json
 import time
 
+import sqlalchemy as sa
+
 from hookrelay import history
+from hookrelay.claims import Outcome
 from hookrelay.config import load_config
+from hookrelay.database import deliveries, events
 from hookrelay.sources import Incoming, dedupe_key
 from tests.conftest import (
     FORBIDDEN,
@@ -17,7 +21,9 @@ from tests.conftest import (
     SECRET,
     TARGETS,
     basic_config,
+    ingest,
     participation,
+    query_plan,
     relay_command,
     sample,
     write_config,
@@ -149,3 +155,79 @@ def test_show_of_an_unknown_id_is_one_line_and_exit_1(tmp_path, storage):
     done = relay_command("show", "0123abcd", "--config", str(basic_config(tmp_path)), cwd=ROOT)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == "Error: no event, nor participation, with id '0123abcd'\n"
+
+
+# --- the admin console's deliveries list ---------------------------------------------------------
+
+
+def end(store, destination, status, detail="refused"):
+    """Claim every due delivery to `destination` and record `status` for each; their ids."""
+    claimed = store.claim_due(100, lease=30, destinations=[destination])
+    store.record([Outcome(d, status, store.clock(), 5, detail) for d in claimed])
+    return {d.id for d in claimed}
+
+
+def walk(store, **filters):
+    """Every page, oldest by `before` from the newest, then back by `after`: the ids of each."""
+    pages, page = [], history.list_deliveries(store, limit=3, **filters)
+    while True:
+        pages.append([d["id"] for d in page.rows])
+        if page.older is None:
+            break
+        page = history.list_deliveries(store, limit=3, before=page.older, **filters)
+    back = []
+    while page.newer is not None:
+        page = history.list_deliveries(store, limit=3, after=page.newer, **filters)
+        back.append([d["id"] for d in page.rows])
+    return pages, back
+
+
+def test_deliveries_are_listed_newest_first_by_keyset_pages(store):
+    for n in range(4):
+        ingest(store, f"k{n}")
+    ingest(store, "other", source="loyalty")
+    everything = sorted(d["id"] for e in history.list_events(store) for d in e["deliveries"])
+    pages, back = walk(store)
+    assert [i for p in pages for i in p] == everything[::-1]  # all ten, newest first, once
+    assert [len(p) for p in pages] == [3, 3, 3, 1]
+    assert back == pages[-2::-1]  # and the same pages on the way back
+    assert history.list_deliveries(store, limit=3).newer is None  # the first page
+
+
+def test_deliveries_are_filtered_by_status_destination_source_time_and_event(store):
+    events = [s.event_id for s in ingest(store, "a", "b", "c")]
+    ingest(store, "d", source="loyalty")
+    dead = end(store, "sink", "dead")
+    end(store, "archive", "delivered")
+
+    def ids(**filters):
+        return {d["id"] for d in history.list_deliveries(store, limit=100, **filters).rows}
+
+    assert ids(status="dead") == dead and len(dead) == 4
+    assert ids(status="dead", source="qualifio") == {
+        d["id"]
+        for e in history.list_events(store)
+        if e["source"] == "qualifio"
+        for d in e["deliveries"]
+        if d["destination"] == "sink"
+    }
+    assert len(ids(destination="archive")) == 4 and len(ids(source="loyalty")) == 2
+    assert len(ids(event_ids=events[:2])) == 4 and ids(event_ids=[]) == set()
+    now = time.time()  # a delivery's id holds the time it was stored (not the test's clock)
+    assert len(ids(since=now - 60, until=now + 60)) == 8
+    assert ids(since=now + 60) == set() and ids(until=now - 60) == set()
+    assert history.dead_by_destination(store) == {"sink": 4}
+
+
+def test_a_status_page_reads_through_its_index_without_sorting(store):
+    """The deliveries list of one status, deep in the history, as the database plans it."""
+    query = (
+        sa.select(*history.LISTED)
+        .join_from(deliveries, events, events.c.id == deliveries.c.event_id)
+        .where(deliveries.c.status == "dead", deliveries.c.id < "0123")
+        .order_by(deliveries.c.id.desc())
+        .limit(51)
+    )
+    plan = query_plan(store, query)
+    assert "deliveries_status_id" in plan, plan
+    assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
