@@ -58,7 +58,13 @@ class Document:
                 text = path.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"cannot read the file ({exc.strerror})", path) from None
-        loader = yaml.SafeLoader(text)
+            except UnicodeDecodeError as exc:
+                at = exc.object.count(b"\n", 0, exc.start) + 1
+                raise ConfigError("not UTF-8 text: save the file as UTF-8", path, at) from None
+        try:
+            loader = yaml.SafeLoader(text)
+        except yaml.reader.ReaderError as exc:  # a control character, before any parsing
+            raise _unreadable(path, text, exc) from None
         try:
             node = loader.get_single_node()
             if node is not None:  # before constructing, which keeps the last of repeated keys
@@ -68,6 +74,8 @@ class Document:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else None
             raise ConfigError(f"invalid YAML: {exc.problem or exc.context}", path, line) from None
+        except yaml.reader.ReaderError as exc:
+            raise _unreadable(path, text, exc) from None
         finally:
             loader.dispose()
         self.lines: dict[Key, int] = {}
@@ -183,6 +191,14 @@ class Document:
         from hookrelay.expressions import compile_expression
 
         return compile_expression(self, self.string(value, key), key)
+
+
+def _unreadable(path: Path, text: str, exc: yaml.reader.ReaderError) -> ConfigError:
+    """A character YAML does not allow in a file (a control character), with its line."""
+    line = text.count("\n", 0, exc.position) + 1
+    return ConfigError(
+        f"invalid YAML: character U+{exc.character:04X} is not allowed; remove it", path, line
+    )
 
 
 def _refuse_repeated_keys(path: Path, loader: yaml.SafeLoader, root: yaml.Node) -> None:

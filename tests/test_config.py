@@ -10,7 +10,7 @@ import requests
 from hookrelay.config import load_config
 from hookrelay.destinations import DESTINATIONS
 from hookrelay.errors import ConfigError, InvalidConfig
-from tests.conftest import PASS_MAPPING, participation, write_config
+from tests.conftest import PASS_MAPPING, participation, relay_command, write_config
 
 GOOD = """\
 storage: sqlite:///relay.db
@@ -325,3 +325,22 @@ def test_a_reload_with_a_repeated_key_is_refused_and_the_last_good_config_runs(
     relay.post(participation(1), secret="dev")
     assert relay.wait_settled() == ["delivered", "delivered"]  # sink and archive, as before
     assert sink.requests[0].path == "/hook"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"storage: sqlite:///relay.db\nsources: {}\x1f\n",
+            "invalid YAML: character U+001F is not allowed",
+        ),
+        (b"storage: sqlite:///relay.db\nsources: \xff\n", "not UTF-8 text"),
+    ],
+)
+def test_a_file_yaml_cannot_read_is_one_line_naming_its_line(tmp_path, content, message):
+    (tmp_path / "config.yaml").write_bytes(content)
+    checked = relay_command("check", "--config", str(tmp_path / "config.yaml"))
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert checked.stderr.strip() == f"Error: {tmp_path / 'config.yaml'}:2: {message}" + (
+        "; remove it" if "U+" in message else ": save the file as UTF-8"
+    )

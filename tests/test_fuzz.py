@@ -1,5 +1,6 @@
-"""Property-based fuzzing of the one endpoint that takes outside input, POST /hooks/<source>:
-whatever the bytes, headers and source name, the answer is never a 5xx, and a 4xx stores nothing."""
+"""Property-based fuzzing of what takes outside input. POST /hooks/<source>: whatever the bytes,
+headers and source name, the answer is never a 5xx, and a 4xx stores nothing. The admin console:
+whatever a signed-in user types in a filter, an id, the playground or a form, never a 5xx."""
 
 from __future__ import annotations
 
@@ -76,3 +77,44 @@ def test_no_request_makes_a_5xx_and_a_4xx_stores_nothing(tmp_path, sink, start_r
             assert stored >= 1 or answer.json().get("duplicate") or "events" in answer.json()
 
     check()
+
+
+# --- the admin console: every field a signed-in user (or anyone, for sign-in) can fill -----------
+
+any_text = st.text(max_size=40) | st.sampled_from(
+    ["", "0", "-1", "9" * 30, "dead", "0001-01-01T00:00"]
+)
+
+
+def test_no_admin_input_makes_a_5xx(tmp_path, sink, start_relay, monkeypatch):
+    from tests.test_admin import PASSWORD, Console, console_config
+
+    monkeypatch.setenv("RELAY_ADMIN_PASSWORD", PASSWORD)
+    console = Console(start_relay(console_config(tmp_path, sink.url), worker=False))
+    assert console.sign_in().status_code == 302
+    console.get("/admin/deliveries")
+    filters = ["source", "destination", "status", "since", "until", "q", "before", "after"]
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        query=st.dictionaries(st.sampled_from(filters), any_text, max_size=4),
+        event_id=st.text(min_size=1, max_size=40),
+        mapping=st.text(max_size=200) | st.just("fields:\n  a: upper(state)\n"),
+        payload=st.text(max_size=200) | json_values.map(json.dumps),
+        fields=st.dictionaries(st.sampled_from(["name", "format"]), any_text, max_size=2),
+        email=any_text,
+    )
+    def check(query, event_id, mapping, payload, fields, email) -> None:
+        answers = [
+            console.get("/admin/deliveries", params=query),
+            console.get(f"/admin/events/{quote(event_id, safe='')}"),
+            console.try_(mapping, payload, **fields),
+            console.post("/admin/forget", {"email": email}),
+            console.post("/admin/deliveries/replay-dead", {"destination": email}),
+        ]
+        for answer in answers:
+            assert answer.status_code < 500, (answer.request.url, answer.text[:300])
+
+    check()
+    stranger = requests.post(f"{console.relay.url}/admin/sign-in", data={"password": "\udcff"[:0]})
+    assert stranger.status_code < 500

@@ -177,7 +177,10 @@ def _tokens() -> dict[str, Any]:
 
 @bp.before_request
 def _check() -> ResponseReturnValue | None:
-    """Pages need the session, POSTs the session and its CSRF token."""
+    """Pages need the session, POSTs the session and its CSRF token. No field may hold a NUL:
+    none belongs in a name, an id or an address, and PostgreSQL refuses it in any text."""
+    if any("\x00" in v for v in (*request.args.values(), *request.form.values(), request.path)):
+        abort(400, "a field holds a NUL character")
     if request.endpoint in OPEN:
         return None
     if not is_signed_in():
