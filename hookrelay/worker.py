@@ -66,12 +66,14 @@ class Worker:
             thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Let each thread finish the batch it holds, then return."""
+        """Let each thread finish the batch it holds, then return. The wake-up listener is not
+        waited for: it holds nothing, and sees the stop within a second by itself."""
         self._stopping.set()
         self._wakeup.set()
         self._reloaded.set()
         for thread in self._running:
-            thread.join(timeout)
+            if thread.name != "wakeups":
+                thread.join(timeout)
         for _, pool in self._pools.values():
             pool.shutdown(wait=False)
 
