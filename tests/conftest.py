@@ -122,6 +122,27 @@ fields:
 """
 
 
+def file_and_hook_config(directory: Path, hook_url: str, extra: str = "") -> Path:
+    """Each participation to a `file` destination (rows) and an http one (hook), and a mapping
+    whose `when` skips every participation to rows: one delivery of each outcome is easy."""
+    return write_config(
+        directory,
+        f"""
+        storage: ${{RELAY_TEST_STORAGE}}
+        sources:
+          qualifio: {{format: qualifio, auth: {{signature: {{secrets: ["{SECRET}"]}}}}}}
+        destinations:
+          rows: {{type: file, path: rows.jsonl}}
+          hook: {{type: http, url: "{hook_url}"}}
+        routes:
+          - {{from: qualifio, mapping: pass, to: [rows, hook]}}
+          - {{from: qualifio, mapping: never, to: [rows]}}
+        {extra}
+        """,
+        {"pass": PASS_MAPPING, "never": "when: \"state == 'NEVER'\"\nfields: {id: id}\n"},
+    )
+
+
 def vendor_config(directory: Path, destination: str, mapping: str) -> Path:
     """One qualifio source signed with SECRET, routed through `mapping` to one destination `out`
     (given as a YAML flow mapping), with fast retries and a 2 s timeout."""

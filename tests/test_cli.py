@@ -18,10 +18,9 @@ from hookrelay.destinations import DESTINATIONS
 from tests.conftest import (
     FIXTURES,
     LOG_FILES,
-    PASS_MAPPING,
     ROOT,
-    SECRET,
     basic_config,
+    file_and_hook_config,
     participation,
     relay_command,
     write_config,
@@ -224,21 +223,8 @@ def test_check_names_both_lines_of_a_repeated_key(tmp_path):
 
 def test_replay_of_an_event_sends_again_only_what_was_not_delivered(tmp_path, sink, start_relay):
     sink.fail(Answer(400, {"error": "field 'id' is not accepted"}))  # hook refuses: dead at once
-    config = write_config(
-        tmp_path,
-        f"""
-        storage: ${{RELAY_TEST_STORAGE}}
-        sources:
-          qualifio: {{format: qualifio, auth: {{signature: {{secrets: ["{SECRET}"]}}}}}}
-        destinations:
-          rows: {{type: file, path: rows.jsonl}}
-          hook: {{type: http, url: "{sink.url}"}}
-        routes:
-          - {{from: qualifio, mapping: pass, to: [rows, hook]}}
-          - {{from: qualifio, mapping: never, to: [rows]}}
-        delivery: {{backoff: {{initial: 50ms, max: 200ms}}}}
-        """,
-        {"pass": PASS_MAPPING, "never": "when: \"state == 'NEVER'\"\nfields: {id: id}\n"},
+    config = file_and_hook_config(
+        tmp_path, sink.url, "delivery: {backoff: {initial: 50ms, max: 200ms}}"
     )
     relay = start_relay(config)
     event_id = relay.post(participation(1)).json()["event_id"]

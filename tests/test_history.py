@@ -16,17 +16,15 @@ from hookrelay.database import deliveries, events
 from hookrelay.sources import Incoming, dedupe_key
 from tests.conftest import (
     FORBIDDEN,
-    PASS_MAPPING,
     ROOT,
-    SECRET,
     TARGETS,
     basic_config,
+    file_and_hook_config,
     ingest,
     participation,
     query_plan,
     relay_command,
     sample,
-    write_config,
 )
 from tests.fakes.server import Answer
 
@@ -41,21 +39,7 @@ def show(config, wanted):
 
 def test_show_gives_the_payload_variables_records_and_every_attempt(tmp_path, sink, start_relay):
     sink.default = Answer(400, {"error": "field 'id' is not accepted"})  # hook: dead at once
-    config = write_config(
-        tmp_path,
-        f"""
-        storage: ${{RELAY_TEST_STORAGE}}
-        sources:
-          qualifio: {{format: qualifio, auth: {{signature: {{secrets: ["{SECRET}"]}}}}}}
-        destinations:
-          rows: {{type: file, path: rows.jsonl}}
-          hook: {{type: http, url: "{sink.url}"}}
-        routes:
-          - {{from: qualifio, mapping: pass, to: [rows, hook]}}
-          - {{from: qualifio, mapping: never, to: [rows]}}
-        """,
-        {"pass": PASS_MAPPING, "never": "when: \"state == 'NEVER'\"\nfields: {id: id}\n"},
-    )
+    config = file_and_hook_config(tmp_path, sink.url)
     relay = start_relay(config)
     event_id = relay.post(sample("v2-complete.json")).json()["event_id"]
     assert sorted(relay.wait_settled()) == ["dead", "delivered", "skipped"]
