@@ -47,11 +47,12 @@ class Health:
         """Whether a success changes anything (closes a circuit, clears a failure count)."""
         return self.state != "ok" or self.failures > 0
 
-    def describe(self) -> str:
-        """One line for `relay events` and the log; no payload, only what the vendor said."""
+    def describe(self, last_error: bool = True) -> str:
+        """One line for `relay events` (with the vendor's last answer) and for the log (without
+        it: a vendor may quote a participant's address back)."""
         clock = time.strftime("%H:%M:%S", time.localtime(self.paused_until))
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since or 0))
-        last = f"; last: {self.last_error}" if self.last_error else ""
+        last = f"; last: {self.last_error}" if self.last_error and last_error else ""
         if self.state == "throttled":
             return f"throttled since {since}, paused until {clock}{last}"
         if self.state == "open":

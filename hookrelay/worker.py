@@ -259,7 +259,7 @@ class Worker:
         before, after = health.record(self.relay.store, name, sent, policy)
         self._health[name] = after
         if after.state != before.state:
-            logger.warning("destination %s: %s", name, after.describe())
+            logger.warning("destination %s: %s", name, after.describe(last_error=False))
             if after.state == "ok":
                 self.wake()  # what waited for it is due now
 
