@@ -111,13 +111,13 @@ def test_a_destination_that_is_down_is_probed_then_sent_everything_once_back(
     tmp_path, sink, start_relay
 ):
     sink.default = DOWN
-    config = basic_config(tmp_path, sink.url, initial="300ms", max="1s", max_attempts="3")
+    config = basic_config(tmp_path, sink.url, initial="300ms", max="1s", max_attempts="12")
     relay = start_relay(config)
     store = relay.relay.store
     for n in range(CIRCUIT_AFTER):
         relay.post(participation(n))
     wait_until(lambda: health.read(store, "sink").state == "open")
-    for n in range(CIRCUIT_AFTER, CIRCUIT_AFTER + 20):  # these wait; no attempt is spent
+    for n in range(CIRCUIT_AFTER, CIRCUIT_AFTER + 20):  # these wait, untried but for the probes
         relay.post(participation(n))
     before = len(sink.seen)
     time.sleep(3)
