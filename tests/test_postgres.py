@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -105,7 +104,6 @@ def pg_ctl(action: str) -> None:
     )
 
 
-@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster (Debian)")
 def test_a_database_restart_means_503_then_recovery_by_itself(tmp_path, pg_storage):
     with FakeServer() as sink:
         relay = RunningRelay(basic_config(tmp_path, sink.url, storage_timeout="1s"))
