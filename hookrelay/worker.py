@@ -43,7 +43,8 @@ class Worker:
         self.relay, self.threads = relay, threads
         self._wakeup, self._stopping = threading.Event(), threading.Event()
         self._reloaded = threading.Event()  # a new config may have dropped a destination
-        self._running: list[threading.Thread] = []
+        self._running: list[threading.Thread] = []  # what stop() waits for
+        self._listening: threading.Thread | None = None  # hookrelay.wakeups; not waited for
         self._gates: dict[str, threading.Lock] = {}
         self._pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
         self._gates_lock = threading.Lock()
@@ -59,10 +60,10 @@ class Worker:
         )
         listener = wakeups.listener(self.relay.store.engine.url)
         if listener:
-            self._running.append(
-                threading.Thread(target=self._listen, args=(listener,), name="wakeups", daemon=True)
+            self._listening = threading.Thread(
+                target=self._listen, args=(listener,), name="wakeups", daemon=True
             )
-        for thread in self._running:
+        for thread in self._threads():
             thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -72,10 +73,12 @@ class Worker:
         self._wakeup.set()
         self._reloaded.set()
         for thread in self._running:
-            if thread.name != "wakeups":
-                thread.join(timeout)
+            thread.join(timeout)
         for _, pool in self._pools.values():
             pool.shutdown(wait=False)
+
+    def _threads(self) -> list[threading.Thread]:
+        return self._running + ([self._listening] if self._listening else [])
 
     def run_forever(self) -> None:
         """Run until SIGTERM or Ctrl-C, then let each thread finish the batch it holds."""
@@ -98,7 +101,7 @@ class Worker:
         """Why this worker is not delivering: a thread of it that is no longer alive."""
         if self._stopping.is_set():
             return []
-        return [f"worker thread {t.name} is not alive" for t in self._running if not t.is_alive()]
+        return [f"worker thread {t.name} is not alive" for t in self._threads() if not t.is_alive()]
 
     def _loop(self, offset: int) -> None:
         failures = 0
