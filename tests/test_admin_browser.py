@@ -105,6 +105,8 @@ def sign_in(page: Page, console: Console, path: str = "/admin") -> None:
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_label("Password")).to_have_count(0)
+    # The new page may be committed but its script not yet run: typing before that is lost.
+    page.wait_for_load_state("load")
 
 
 def reload_until(page: Page, locator: Locator, timeout: float = 15.0) -> None:
@@ -214,13 +216,13 @@ def test_playground_result_follows_the_mapping(console: Console, page: Page) -> 
     result = page.get_by_role("region", name="Result")
     page.get_by_label("Payload").fill(participation(1).decode())
     page.get_by_label("Mapping").fill("fields:\n  state: state\n")
-    expect(result).to_contain_text("COMPLETED", timeout=3000)
+    expect(result).to_contain_text("COMPLETED", timeout=10_000)
 
     page.get_by_label("Mapping").fill("fields:\n  state: lower(state)\n")
-    expect(result).to_contain_text("completed", timeout=3000)
+    expect(result).to_contain_text("completed", timeout=10_000)
 
     page.get_by_label("Mapping").fill("fields:\n  state: lower(state\n")
-    expect(result).to_contain_text("fields.state", timeout=3000)  # the key
+    expect(result).to_contain_text("fields.state", timeout=10_000)  # the key
     expect(result).to_contain_text(re.compile(r"\b2\b"))  # and its line
 
 
@@ -246,7 +248,7 @@ def test_a_payload_answer_is_shown_as_text(
     page.goto(console.url + "/admin/playground")
     page.get_by_label("Payload").fill(answering_a_script().decode())
     page.get_by_label("Mapping").fill("fields:\n  name: variables.firstname\n")
-    expect(page.get_by_role("region", name="Result")).to_contain_text(SCRIPT, timeout=3000)
+    expect(page.get_by_role("region", name="Result")).to_contain_text(SCRIPT, timeout=10_000)
     expect(page.locator("script", has_text="alert(1)")).to_have_count(0)
     assert dialogs == []
 
