@@ -220,7 +220,7 @@ def add_delivery(
     due = now + 60 if status == "pending" else at
     last_error = None if status == "delivered" else error
     rows.deliveries.append(
-        (delivery_id, event_id, mapping, destination, status, len(tries), due, at, last_error)
+        (delivery_id, event_id, mapping, destination, status, len(tries), due, at, at, last_error)
     )
 
 

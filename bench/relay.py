@@ -292,7 +292,7 @@ def history_rows(start: int, count: int, total: int) -> list[tuple[str, str, lis
         key = hashlib.sha256(json.dumps(["qualifio", pid, state]).encode()).hexdigest()
         events.append((event_id, "qualifio", "qualifio", key, before + pid + after, received))
         deliveries.append(
-            (delivery_id, event_id, "row", "sink", "delivered", 1, received + 0.2, received + 0.2)
+            (delivery_id, event_id, "row", "sink", "delivered", 1, *[received + 0.2] * 3)
         )
         attempts.append((delivery_id, received + 0.1, 12, "delivered", 202))
     return [

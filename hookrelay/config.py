@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from hookrelay.alerts.settings import Alerting, load_alerting
 from hookrelay.document import Document, Key, attempt
 from hookrelay.errors import ConfigError, InvalidConfig
 from hookrelay.sources import Source, load_source
@@ -45,6 +46,16 @@ SETTINGS = (
     Setting("routes", [], "which mapping sends which source to which destinations"),
     Setting("delivery", {}, "retry policy; any destination may override these keys"),
     Setting("admin", {"edit_mappings": False}, "the admin console; edit_mappings: save mappings"),
+    Setting("alerts", [], "channels alerts go to: slack, email (through $SMTP_URL), http"),
+    Setting(
+        "alert_on",
+        {"dead": True, "backlog": "15m", "config_refused": True, "storage": "1m"},
+        "what alerts tell: a delivery ended dead, one waited longer than `backlog`, an edit was "
+        "refused, the database did not answer for `storage` (false: never)",
+    ),
+    Setting("alert_every", "10m", "at most one message per destination and kind this often"),
+    Setting("alert_wait", "30s", "a first failure waits this long for others to join its alert"),
+    Setting("public_url", None, "the relay's address: alerts link to its admin console"),
 )
 
 #: The delivery policy keys, valid under `delivery:` and in any destination.
@@ -101,6 +112,7 @@ class Config:
     retention_days: int = 30
     storage_timeout: float = 10.0
     edit_mappings: bool = False  # admin: {edit_mappings: true}: the playground may save mappings
+    alerting: Alerting = Alerting()
     fingerprint: Fingerprint = ()
 
     def targets(self, source: str) -> list[tuple[str, str]]:
@@ -216,6 +228,7 @@ def _settings(doc: Document, data: dict[str, Any], base: Path) -> dict[str, Any]
         retention_days=doc.integer(data.get("retention_days", 30), ("retention_days",), 1),
         storage_timeout=doc.duration(data.get("storage_timeout", "10s"), ("storage_timeout",)),
         edit_mappings=doc.boolean(admin.get("edit_mappings", False), ("admin", "edit_mappings")),
+        alerting=load_alerting(doc, data),
     )
 
 

@@ -51,6 +51,8 @@ deliveries = sa.Table(
     sa.Column("claimed_by", sa.String(32)),
     sa.Column("last_error", sa.Text),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # When it last started waiting: stored, or replayed (a backlog's age, hookrelay.alerts).
+    sa.Column("waiting_since", sa.Float),
     # What a claim reads, "due for destination D" (also: pending ones, by destination).
     sa.Index("deliveries_due_to", "status", "destination", "next_attempt_at"),
     sa.Index("deliveries_event", "event_id"),
@@ -94,10 +96,37 @@ health = sa.Table(  # each destination's health, shared by every process (hookre
     sa.Column("last_error", sa.Text),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+alerts = sa.Table(  # what hookrelay.alerts has to tell, one row per kind and destination
+    "alerts",
+    metadata,
+    sa.Column("kind", sa.String(20), primary_key=True),  # dead, backlog or config_refused
+    sa.Column("subject", sa.String(100), primary_key=True),  # a destination, or ""
+    sa.Column("firing", sa.Boolean, nullable=False),  # the condition holds now
+    sa.Column("reported", sa.Boolean, nullable=False),  # a message said so: "resolved" is owed
+    sa.Column("since", sa.Float),  # when it started firing
+    sa.Column("unsent", sa.Integer, nullable=False),  # occurrences no message has told yet
+    sa.Column("unsent_since", sa.Float),  # the first of them: the message waits alert_wait
+    sa.Column("total", sa.Integer, nullable=False),  # occurrences since it started firing
+    sa.Column("last_error", sa.Text),  # masked: no participant's data
+    sa.Column("last_at", sa.Float),  # the last occurrence
+    sa.Column("sent_at", sa.Float),  # the last message: the next waits alert_every after it
+)
+alert_messages = sa.Table(  # the alerts' outbox: one row per message and channel, until sent
+    "alert_messages",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("channel", sa.String(32), nullable=False),  # hookrelay.alerts.channels: its key
+    sa.Column("body", sa.Text, nullable=False),  # the Message, as JSON
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_try_at", sa.Float, nullable=False),
+    sa.Column("claimed_until", sa.Float, nullable=False),  # a process is sending it until then
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
 schema_version = sa.Table(
     "schema_version", metadata, sa.Column("version", sa.Integer, nullable=False)
 )
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: What each version changed beyond new tables and indexes, which create_schema adds anyway: SQL
 #: run once, in order, when an older database is opened.
 STEPS: dict[int, tuple[str, ...]] = {
@@ -105,10 +134,15 @@ STEPS: dict[int, tuple[str, ...]] = {
     3: ("DROP INDEX IF EXISTS deliveries_due",),  # replaced by deliveries_due_to
     4: (),  # the destination_health table
     5: (),  # the admin console's indexes: deliveries_status_id, attempts_started
+    6: (  # alerts: their tables, and how long each pending delivery has waited
+        "ALTER TABLE deliveries ADD COLUMN waiting_since FLOAT",
+        "UPDATE deliveries SET waiting_since = updated_at WHERE status = 'pending'",
+    ),
 }
 EVENT_COLUMNS = "id, source, format, dedupe_key, payload, received_at"
 DELIVERY_COLUMNS = (
-    "id, event_id, mapping, destination, status, attempts, next_attempt_at, updated_at"
+    "id, event_id, mapping, destination, status, attempts, next_attempt_at, updated_at, "
+    "waiting_since"
 )
 SCHEMA_LOCK = 0x686F6F6B  # "hook": the advisory lock id schema changes take on PostgreSQL
 MAX_ROWS = 1000  # rows per INSERT: 8,000 parameters, under SQLite's 32,766

@@ -23,6 +23,7 @@ from typing import Literal
 
 import sqlalchemy as sa
 
+from hookrelay.alerts import state as alert_state
 from hookrelay.claims import Outcome
 from hookrelay.config import Policy
 from hookrelay.database import deliveries, health, insert_rows
@@ -201,4 +202,6 @@ def expire(store: Store, policies: Mapping[str, Policy]) -> dict[str, int]:
                 )
                 .values(status="dead", last_error=reason, updated_at=now)
             ).rowcount
+            if ended[h.destination]:
+                alert_state.note(conn, "dead", h.destination, ended[h.destination], reason, now)
     return ended

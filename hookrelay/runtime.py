@@ -19,7 +19,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from hookrelay import preflight
+from hookrelay import metrics, preflight
+from hookrelay.alerts.alerter import Alerter
 from hookrelay.config import Config, fingerprint, load_config
 from hookrelay.document import Document
 from hookrelay.errors import ConfigError, RelayError, StorageUnavailable
@@ -36,7 +37,22 @@ class Relay:
         self.config_problems: list[str] = []  # why the last edit was refused, if it was
         self.store = open_store(config)
         self.worker = Worker(self)
+        self.alerter = Alerter(self)
         self._seen = config.fingerprint  # taken by load_config before it read the files
+
+    def start(self, deliver: bool) -> None:
+        """Start what runs beside the requests: the config watch, the metrics flush, the alerts,
+        and with `deliver` the delivery worker (whose process also watches the storage)."""
+        self.watch()
+        metrics.FLUSHER.start(self.store)
+        self.alerter.start(watch_storage=deliver)
+        if deliver:
+            self.worker.start()
+
+    @property
+    def edited_at(self) -> float:
+        """When the configuration last read (taken, or refused) was last edited."""
+        return max((mtime for _, mtime, _ in self._seen), default=0) / 1e9
 
     def warn(self) -> None:
         """At start-up: refuse a mapping whose own tests fail, as a reload does, then say what the
@@ -66,7 +82,7 @@ class Relay:
 
     def problems(self) -> list[str]:
         """Why this process cannot do its work: a thread of it that died."""
-        found = self.worker.problems()
+        found = self.worker.problems() + self.alerter.problems()
         if not self.store.writer_is_alive():
             found.append("the commit writer thread is not alive")
         return found

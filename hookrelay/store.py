@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from hookrelay import wakeups
+from hookrelay.alerts import state as alert_state
 from hookrelay.claims import (
     CLAIMS,
     DUE,
@@ -124,7 +125,7 @@ class Store:
                     event_id = first[source, inc.dedupe_key] = new_id()
                     new_events.append((event_id, source, fmt, inc.dedupe_key, inc.payload, now))
                     new_deliveries += [
-                        (new_id(), event_id, m, d, "pending", 0, now, now) for m, d in targets
+                        (new_id(), event_id, m, d, "pending", 0, now, now, now) for m, d in targets
                     ]
         with self.transaction(wakes=True) as conn:
             inserted = insert_rows(conn, "events", EVENT_COLUMNS, new_events, "source, dedupe_key")
@@ -260,6 +261,9 @@ class Store:
             ]
             if logged:
                 conn.execute(attempts.insert(), logged)
+            dead = [o for o in kept if o.status == "dead"]
+            if dead:  # counted for hookrelay.alerts, with the outcomes that say so
+                alert_state.note_dead(conn, dead, now)
         return len(kept)
 
     def replay(
@@ -292,5 +296,11 @@ class Store:
             return conn.execute(
                 deliveries.update()
                 .where(*where, deliveries.c.claimed_by.is_(None))
-                .values(status="pending", attempts=0, next_attempt_at=now, updated_at=now)
+                .values(
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    updated_at=now,
+                    waiting_since=now,
+                )
             ).rowcount

@@ -48,10 +48,9 @@ def create_app(config: Config | None = None, worker: bool | None = None) -> Flas
     if relay.config.trusted_proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=relay.config.trusted_proxy_hops)  # type: ignore[method-assign]
     relay.warn()
-    relay.watch()
-    metrics.FLUSHER.start(relay.store)
-    if worker if worker is not None else os.environ.get("RELAY_WORKER", "on") != "off":
-        relay.worker.start()
+    deliver = worker if worker is not None else os.environ.get("RELAY_WORKER", "on") != "off"
+    relay.start(deliver)
+    if deliver:
         atexit.register(relay.worker.stop)
     return app
 

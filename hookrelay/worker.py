@@ -80,11 +80,11 @@ class Worker:
     def _threads(self) -> list[threading.Thread]:
         return self._running + ([self._listening] if self._listening else [])
 
-    def run_forever(self) -> None:
-        """Run until SIGTERM or Ctrl-C, then let each thread finish the batch it holds."""
+    def run_until_stopped(self) -> None:
+        """Once started: wait for SIGTERM or Ctrl-C, then let each thread finish the batch it
+        holds."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self._stopping.set())
-        self.start()
         while not self._stopping.wait(1):
             pass
         self.stop()

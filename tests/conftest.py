@@ -204,6 +204,7 @@ class RunningRelay:
         self._server.shutdown()
         self._server.server_close()
         self.relay.worker.stop()
+        self.relay.alerter.stop()
         metrics.FLUSHER.stop(self.relay.store)  # not later, into a closed store
         self.relay.store.close()
 

@@ -153,6 +153,8 @@ def test_many_processes_starting_at_once_create_the_schema_once(storage):
         assert schema_of(stores[0]) == (
             [SCHEMA_VERSION],
             [
+                "alert_messages",
+                "alerts",
                 "attempts",
                 "counters",
                 "deliveries",
@@ -168,7 +170,11 @@ def test_many_processes_starting_at_once_create_the_schema_once(storage):
 
 def test_a_version_1_database_opened_by_many_processes_at_once_is_upgraded_once(storage):
     store = Store(storage)
+    ingest(store, "waiting")
     with store.transaction() as conn:  # back to what version 1 had
+        conn.exec_driver_sql("DROP TABLE alerts")  # version 6's
+        conn.exec_driver_sql("DROP TABLE alert_messages")
+        conn.exec_driver_sql("ALTER TABLE deliveries DROP COLUMN waiting_since")
         conn.exec_driver_sql("DROP TABLE counters")
         conn.exec_driver_sql("DROP TABLE destination_health")
         conn.exec_driver_sql("DROP INDEX deliveries_due_to")
@@ -182,6 +188,8 @@ def test_a_version_1_database_opened_by_many_processes_at_once_is_upgraded_once(
         versions, tables = schema_of(stores[0])
         inspect = sa.inspect(stores[0].engine)
         indexes = {i["name"] for t in ("deliveries", "attempts") for i in inspect.get_indexes(t)}
+        with stores[0].engine.connect() as conn:
+            waiting = conn.execute(sa.select(deliveries.c.waiting_since)).scalars().all()
     finally:
         for s in stores:
             s.close()
@@ -189,6 +197,7 @@ def test_a_version_1_database_opened_by_many_processes_at_once_is_upgraded_once(
     assert "counters" in tables and "destination_health" in tables
     assert "deliveries_due_to" in indexes and "deliveries_due" not in indexes
     assert {"deliveries_status_id", "attempts_started"} <= indexes  # the admin console's
+    assert "alerts" in tables and waiting and None not in waiting  # a pending one waits since
 
 
 def test_an_idle_claim_takes_no_write_lock(tmp_path, clock):

@@ -1,6 +1,6 @@
 """The `relay` command: one click group; its commands live in the modules beside this one.
 
-- running.py: serve, worker, check, send
+- running.py: serve, worker, check, send, alert-test
 - mappings.py: try, test
 - stored.py: events, show, replay, purge, forget (what was stored, and erasing it)
 

@@ -1,5 +1,5 @@
-"""`relay serve`, `relay worker`, `relay check`, `relay send`: run the relay, check its config,
-post a payload to it."""
+"""`relay serve`, `relay worker`, `relay check`, `relay send`, `relay alert-test`: run the relay,
+check its config, post a payload to it, try its alert channels."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from pathlib import Path
 import click
 import requests
 
-from hookrelay import metrics, preflight
+from hookrelay import preflight
+from hookrelay.alerts.channels import AlertFailed
+from hookrelay.alerts.messages import Message
 from hookrelay.auth import sign
 from hookrelay.cli import config_option, main, read_config
+from hookrelay.database import new_id
 from hookrelay.errors import RelayError
 from hookrelay.runtime import LOOPBACK, Relay, check_example_secret, configure_logging, open_store
 
@@ -52,10 +55,9 @@ def worker(config_path: Path | None) -> None:
     relay = Relay(read_config(config_path))  # before logging: a storage problem is one line
     configure_logging()
     relay.warn()
-    relay.watch()
-    metrics.FLUSHER.start(relay.store)
+    relay.start(deliver=True)
     click.echo("worker running; Ctrl-C to stop", err=True)
-    relay.worker.run_forever()
+    relay.worker.run_until_stopped()
 
 
 @main.command()
@@ -109,4 +111,26 @@ def send(payload: Path, source: str, url: str | None, config_path: Path | None) 
         ) from None
     click.echo(f"{answer.status_code} {answer.text.strip()}")
     if answer.status_code >= 300:
+        sys.exit(1)
+
+
+@main.command("alert-test")
+@config_option
+def alert_test(config_path: Path | None) -> None:
+    """Send a test message through every alert channel and say what each answered (exit 1 if
+    one did not take it)."""
+    alerting = read_config(config_path).alerting
+    if not alerting.channels:
+        raise RelayError("no alert channels: add an `alerts:` list to config.yaml (see README)")
+    message = Message(
+        new_id(), "test", "", False, 0, 0, None, None, alerting.link("test", ""), alerting.relay
+    )
+    failed = 0
+    for channel in alerting.channels:
+        try:
+            click.echo(f"{channel.label}: {channel.send(message)}")
+        except AlertFailed as exc:
+            click.echo(f"{channel.label}: FAILED: {exc.message}", err=True)
+            failed += 1
+    if failed:
         sys.exit(1)
