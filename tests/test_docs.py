@@ -63,6 +63,8 @@ README_ENV = {
     "TRELLO_TOKEN": TRELLO_TOKEN,
     "MAILCHIMP_API_KEY": MAILCHIMP_KEY,
     "BREVO_API_KEY": BREVO_KEY,
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/readme",
+    "SMTP_URL": "smtp://relay%40example.com:password@smtp.example.com:587",
 }
 
 

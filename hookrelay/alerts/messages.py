@@ -57,7 +57,7 @@ class Message:
             "storage": "the database answers again",
             "test": "",
         }[self.kind]
-        return f"[{self.relay}] resolved: {back}" + (f" ({what})" if self.count else "")
+        return f"[{self.relay}] resolved: {back}" + (f"; before that, {what}" if self.count else "")
 
     def text(self) -> str:
         """The whole message: Slack's text, an email's body, a webhook's `text`."""
