@@ -57,7 +57,7 @@ def refuse_failing_tests(config: Config) -> None:
 def find_warnings(config: Config) -> list[str]:
     """What `relay check` prints, and the relay logs at start-up and reload, as warnings: each
     names the file, the line and the key."""
-    found = list(_unmade_fields(config))
+    found = [*_unmade_fields(config), *_alert_warnings(config)]
     examples = _payloads(config.path.parent / "samples")
     for name, mapping in sorted(config.mappings.items()):
         payloads = [*_test_payloads(mapping), *examples]
@@ -75,6 +75,29 @@ def format_of(config: Config, mapping: str) -> str:
 def formats_of(config: Config, mapping: str) -> list[str]:
     routed = [config.sources[r.source].format for r in config.routes if r.mapping == mapping]
     return list(dict.fromkeys(routed)) or ["qualifio"]
+
+
+# --- alerts that cannot reach anyone, or link nowhere --------------------------------------------
+
+
+def _alert_warnings(config: Config) -> Iterator[str]:
+    lines, alerting = _lines(config.path), config.alerting
+    if alerting.channels and not alerting.public_url:
+        yield _located(
+            config.path,
+            lines.get(("alerts",)),
+            "alerts",
+            "no public_url: messages will not link to the admin console; set it to the "
+            "relay's https:// address",
+        )
+    for key in ("alert_on", "alert_every", "alert_wait"):
+        if not alerting.channels and (key,) in lines:
+            yield _located(
+                config.path,
+                lines[(key,)],
+                key,
+                "no alert will be sent: `alerts` lists no channel (slack, email or http)",
+            )
 
 
 # --- a route to a destination that requires a field the mapping never makes ---------------------

@@ -188,9 +188,11 @@ def test_a_backlog_is_told_when_the_sink_is_down_longer_than_backlog(
 
 
 @pytest.mark.slow
-def test_a_channel_that_hangs_holds_up_no_delivery(tmp_path: Path, servers) -> None:
+def test_a_channel_that_hangs_holds_up_no_delivery_and_is_tried_again(
+    tmp_path: Path, servers
+) -> None:
     sink, slack, hook, smtp, refusing = servers
-    slack.default = Answer(200, "ok", delay=9)  # under the channel's 10 s timeout
+    slack.fail(Answer(200, "ok", delay=12))  # past the channel's 10 s timeout
     url = start(tmp_path, alert_config(tmp_path, sink, slack, hook), smtp, webs=1, workers=0)
     for n in range(3):
         post_signed(url, participation(n))
@@ -200,8 +202,14 @@ def test_a_channel_that_hangs_holds_up_no_delivery(tmp_path: Path, servers) -> N
     for n in range(3, 53):
         assert post_signed(url, participation(n)).status_code == 202
     wait_until(lambda: len(sink.requests) == 50, timeout=30)
-    assert max(r.at for r in sink.requests) < hung_at + 9  # all while the alert still hung
-    wait_until(lambda: len(slack.seen) == 2, timeout=20)  # then it ends, and the recovery goes
+    assert max(r.at for r in sink.requests) < hung_at + 10  # all while the alert still hung
+
+    wait_until(lambda: len(slack.seen) == 3, timeout=40)  # hung, tried again 10 s on; resolved
+    texts = [r.json()["text"] for r in slack.seen]
+    dead, again, resolved = sorted(texts, key=lambda t: "resolved" in t)
+    assert dead == again and "3 deliveries to sink ended dead" in dead
+    assert "resolved: sink delivers again" in resolved
+    assert len(smtp.mails) == 2 and len(hook.seen) == 2  # the others were not held up
 
 
 @pytest.mark.slow

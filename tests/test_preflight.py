@@ -251,3 +251,22 @@ def test_warnings_are_logged_at_start_up_and_a_reload_with_failing_tests_is_refu
         }
     finally:
         relay.stop()
+
+
+@pytest.mark.parametrize(
+    ("alerts", "line", "says"),
+    [
+        (
+            "alerts: [{type: slack, url: 'https://hooks.example.com/x'}]",
+            10,
+            "alerts: no public_url",
+        ),
+        ("alert_on: {backlog: 5m}", 10, "alert_on: no alert will be sent"),
+    ],
+)
+def test_check_warns_of_alerts_that_link_nowhere_or_reach_no_one(tmp_path, alerts, line, says):
+    config = config_for("{type: file, path: out.jsonl}") + alerts + "\n"  # ends indented
+    write_config(tmp_path, config, {"pass": PASS_MAPPING})
+    checked = check(tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert f"Warning: config.yaml:{line}: {says}" in checked.stderr
