@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hookrelay.alerts import state
+from hookrelay.alerts import outbox, state
 from hookrelay.alerts.messages import Message, mask
 from hookrelay.alerts.settings import Alerting
 from hookrelay.claims import Outcome
@@ -72,7 +72,7 @@ def events(count: int) -> list[Incoming]:
 def told(store: Store) -> list[Message]:
     """Compose what is owed; the messages, each checked to be in the outbox once per channel."""
     composed = state.compose(store, ALERTING)
-    rows = state.outbox(store)
+    rows = outbox.due(store)
     for message in composed:
         assert sorted(r.channel for r in rows if r.message.id == message.id) == ["a", "b"]
     return composed
@@ -187,21 +187,21 @@ def test_a_failed_message_is_tried_again_later_and_claimed_by_one_process(
     die(store, 1)
     clock.now += WAIT
     told(store)
-    first = state.outbox(store)[0]
+    first = outbox.due(store)[0]
     other = Store(storage, clock=clock)  # another process
     try:
-        assert state.claim(store, first, lease=60)
-        assert not state.claim(other, first, lease=60)
-        at = state.failed(store, first, "slack answered 500")
+        assert outbox.claim(store, first, lease=60)
+        assert not outbox.claim(other, first, lease=60)
+        at = outbox.failed(store, first, "slack answered 500")
         assert at == clock.now + 10
-        assert first.id not in [o.id for o in state.outbox(other)]
+        assert first.id not in [o.id for o in outbox.due(other)]
         clock.now = at
-        [again] = [o for o in state.outbox(other) if o.id == first.id]
-        assert again.attempts == 1 and state.claim(other, again, lease=60)
-        assert state.failed(other, again, "still 500") == clock.now + 20  # backing off
-        state.sent(other, again)
+        [again] = [o for o in outbox.due(other) if o.id == first.id]
+        assert again.attempts == 1 and outbox.claim(other, again, lease=60)
+        assert outbox.failed(other, again, "still 500") == clock.now + 20  # backing off
+        outbox.sent(other, again)
         clock.now += 3600
-        assert first.id not in [o.id for o in state.outbox(store)]
+        assert first.id not in [o.id for o in outbox.due(store)]
     finally:
         other.close()
 

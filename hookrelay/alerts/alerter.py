@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 from hookrelay import health
-from hookrelay.alerts import state
+from hookrelay.alerts import outbox, state
 from hookrelay.alerts.channels import AlertFailed, Channel
 from hookrelay.alerts.messages import Message, mask
 from hookrelay.alerts.settings import Alerting
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 CHECK_EVERY = 1.0  # seconds between two rounds
 BACKLOG_EVERY = 30.0  # seconds between two looks for a backlog, at most (a quarter of `backlog`)
-LEASE = 60.0  # seconds a process has to send a message it claimed
+LEASE = 60.0  # seconds a process has to send a message it claimed (channels time out in 10)
 
 
 class Alerter:
@@ -139,15 +139,15 @@ class Alerter:
     def _send_outbox(self, alerting: Alerting) -> None:
         store = self.relay.store
         channels = {c.key: c for c in alerting.channels}
-        for outgoing in state.outbox(store):
+        for outgoing in outbox.due(store):
             channel = channels.get(outgoing.channel)
             if channel is None:
                 logger.warning("alert %s dropped: its channel left the config", outgoing.id)
-                state.sent(store, outgoing)
-            elif state.claim(store, outgoing, LEASE):
+                outbox.sent(store, outgoing)
+            elif outbox.claim(store, outgoing, LEASE):
                 self._send(channel, outgoing)
 
-    def _send(self, channel: Channel, outgoing: state.Outgoing) -> None:
+    def _send(self, channel: Channel, outgoing: outbox.Outgoing) -> None:
         """Send one message; whatever the channel raises is that message's failure."""
         store, message = self.relay.store, outgoing.message
         what = f"alert {message.kind} {message.subject or '-'} to {channel.label}"
@@ -161,14 +161,14 @@ class Alerter:
                 if isinstance(exc, AlertFailed)
                 else f"internal error ({type(exc).__name__})"
             )
-            if store.clock() - outgoing.created_at > state.GIVE_UP:
+            if store.clock() - outgoing.created_at > outbox.GIVE_UP:
                 logger.error("%s not sent for a day; given up: %s", what, error)
-                state.sent(store, outgoing)
+                outbox.sent(store, outgoing)
                 return
-            at = state.failed(store, outgoing, error)
+            at = outbox.failed(store, outgoing, error)
             logger.warning("%s failed, next try at %s: %s", what, _clock(at), error)
             return
-        state.sent(store, outgoing)
+        outbox.sent(store, outgoing)
         logger.info("%s sent: %s", what, answer)
 
 

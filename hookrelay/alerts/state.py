@@ -4,8 +4,8 @@ A row of `alerts` per kind and destination counts occurrences that no message ha
 (`unsent`) and says whether the condition still holds (`firing`) and whether a message said so
 (`reported`, so "resolved" is owed when it clears). Deaths are counted in the transaction that
 records them; the other conditions are judged by whichever process looks. A message is
-composed once, under the write lock, into `alert_messages`, one row per channel, and each row is
-claimed by one process to send: so each alert goes out once, however many processes run.
+composed once, under the write lock, into the outbox (hookrelay.alerts.outbox), one row per
+channel, which one process sends: so each alert goes out once, however many processes run.
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from hookrelay.alerts import outbox
 from hookrelay.alerts.messages import Message, mask
 from hookrelay.alerts.settings import Alerting
-from hookrelay.database import alert_messages, alerts, deliveries, insert_rows, new_id
+from hookrelay.database import alerts, deliveries, insert_rows, new_id
 
 if TYPE_CHECKING:
     from hookrelay.claims import Outcome
     from hookrelay.store import Store
 
-RETRY_MAX = 600.0  # seconds: the longest wait before a failed message is tried again
-GIVE_UP = 86400.0  # seconds: a message no channel took for this long is dropped (and logged)
 EVENTS = ("dead", "config_refused")  # counted as they happen; the others are states
 
 
@@ -127,8 +126,9 @@ def note(
 
 def note_dead(conn: Connection, dead: Sequence[Outcome], now: float) -> None:
     """Deliveries that ended dead, by destination, with the last error masked against their own
-    payloads."""
-    for name, count in Counter(o.delivery.destination for o in dead).items():
+    payloads. Rows are locked in name order, as every transaction that notes does, so two
+    cannot wait for each other on PostgreSQL."""
+    for name, count in sorted(Counter(o.delivery.destination for o in dead).items()):
         last = [o for o in dead if o.delivery.destination == name][-1]
         error = mask(last.detail, [last.delivery.payload])
         note(conn, "dead", name, count, error, now)
@@ -207,7 +207,6 @@ def delivered_since(store: Store, name: str, since: float) -> bool:
 def compose(store: Store, alerting: Alerting) -> list[Message]:
     """Compose what is owed into the outbox, once across processes: under the write lock, the
     rows read again. Returns the messages composed here."""
-    keys = [c.key for c in alerting.channels]
     composed = []
     now = store.clock()
     with store.transaction() as conn:
@@ -215,22 +214,7 @@ def compose(store: Store, alerting: Alerting) -> list[Message]:
             if not alert.due(alerting, now):
                 continue
             message = alert.message(alerting)
-            body = message.to_json()
-            conn.execute(
-                alert_messages.insert(),
-                [
-                    dict(
-                        id=new_id(),
-                        channel=key,
-                        body=body,
-                        attempts=0,
-                        next_try_at=now,
-                        claimed_until=0.0,
-                        created_at=now,
-                    )
-                    for key in keys
-                ],
-            )
+            outbox.add(conn, [c.key for c in alerting.channels], message, now)
             told: dict[str, Any] = {"unsent": 0, "unsent_since": None, "sent_at": now}
             if message.resolved:
                 told.update(reported=False, since=None, total=0)
@@ -242,67 +226,3 @@ def compose(store: Store, alerting: Alerting) -> list[Message]:
             )
             composed.append(message)
     return composed
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    id: str
-    channel: str
-    message: Message
-    attempts: int
-    created_at: float
-
-
-_OUTBOX = sa.select(
-    alert_messages.c.id,
-    alert_messages.c.channel,
-    alert_messages.c.body,
-    alert_messages.c.attempts,
-    alert_messages.c.created_at,
-).where(
-    alert_messages.c.next_try_at <= sa.bindparam("now"),
-    alert_messages.c.claimed_until <= sa.bindparam("now"),
-)
-_ID = alert_messages.c.id == sa.bindparam("the_id")
-
-
-def outbox(store: Store) -> list[Outgoing]:
-    """The messages to send now: a read, no write lock."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(_OUTBOX.order_by(alert_messages.c.id), {"now": store.clock()})
-        return [Outgoing(i, c, Message.from_json(b), a, t) for i, c, b, a, t in rows]
-
-
-def claim(store: Store, outgoing: Outgoing, lease: float) -> bool:
-    """Whether this process sends it: one process does."""
-    now = store.clock()
-    with store.transaction() as conn:
-        return bool(
-            conn.execute(
-                alert_messages.update()
-                .where(_ID, alert_messages.c.claimed_until <= now)
-                .values(claimed_until=now + lease),
-                {"the_id": outgoing.id},
-            ).rowcount
-        )
-
-
-def sent(store: Store, outgoing: Outgoing) -> None:
-    with store.transaction() as conn:
-        conn.execute(alert_messages.delete().where(_ID), {"the_id": outgoing.id})
-
-
-def failed(store: Store, outgoing: Outgoing, error: str) -> float:
-    """Try it again later, backing off; returns when."""
-    now = store.clock()
-    at = now + min(RETRY_MAX, 10.0 * 2.0 ** min(outgoing.attempts, 20))
-    with store.transaction() as conn:
-        conn.execute(
-            alert_messages.update()
-            .where(_ID)
-            .values(
-                attempts=outgoing.attempts + 1, next_try_at=at, claimed_until=0.0, last_error=error
-            ),
-            {"the_id": outgoing.id},
-        )
-    return at
