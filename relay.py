@@ -5,6 +5,7 @@ if __name__ == "__main__":
 
     main()
 else:
-    from hookrelay.web import create_app
+    from hookrelay.web import create_app, start
 
     app = create_app()
+    start(app)  # in each gunicorn worker, which imports this module after the fork

@@ -150,6 +150,8 @@ def load_config(path: Path | str) -> Config:
     doc = Document(path)
     problems: list[ConfigError] = []
     data = doc.data if isinstance(doc.data, dict) else {}
+    if not data:  # an empty file, or one being written: never a configuration to run
+        problems.append(doc.error((), "expected a mapping of settings with at least `sources`"))
     problems += doc.unknown_keys(data, (), tuple(s.name for s in SETTINGS))
     base = attempt(problems, Policy(), _policy, doc, data.get("delivery"), ("delivery",), Policy())
     declared: dict[str, dict[str, Any]] = {

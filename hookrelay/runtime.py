@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
 from hookrelay import metrics, preflight
 from hookrelay.alerts.alerter import Alerter
-from hookrelay.config import Config, fingerprint, load_config
+from hookrelay.config import Config, Fingerprint, fingerprint, load_config
 from hookrelay.document import Document
 from hookrelay.errors import ConfigError, RelayError, StorageUnavailable
 from hookrelay.store import Store
@@ -30,11 +31,26 @@ from hookrelay.worker import Worker
 logger = logging.getLogger(__name__)
 
 
+class Verdict(NamedTuple):
+    """What became of the configuration last read, in one value that other threads read whole:
+    when its files were last edited, and why it was refused (nothing: it runs)."""
+
+    edited_at: float
+    problems: tuple[str, ...] = ()
+
+
+def _edited(seen: Fingerprint) -> float:
+    return max((mtime for _, mtime, _ in seen), default=0) / 1e9
+
+
+SETTLE = 0.2  # seconds an edited file must stay unchanged before the watch reads it
+
+
 class Relay:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loaded_at = time.time()  # when this configuration took effect
-        self.config_problems: list[str] = []  # why the last edit was refused, if it was
+        self.verdict = Verdict(_edited(config.fingerprint))
         self.store = open_store(config)
         self.worker = Worker(self)
         self.alerter = Alerter(self)
@@ -50,9 +66,9 @@ class Relay:
             self.worker.start()
 
     @property
-    def edited_at(self) -> float:
-        """When the configuration last read (taken, or refused) was last edited."""
-        return max((mtime for _, mtime, _ in self._seen), default=0) / 1e9
+    def config_problems(self) -> list[str]:
+        """Why the last edit was refused, if it was (the last good configuration runs)."""
+        return list(self.verdict.problems)
 
     def warn(self) -> None:
         """At start-up: refuse a mapping whose own tests fail, as a reload does, then say what the
@@ -97,7 +113,7 @@ class Relay:
             config = load_config(self.config.path)
             preflight.refuse_failing_tests(config)  # a mapping whose tests fail: refused too
         except ConfigError as exc:
-            self.config_problems = str(exc).splitlines()
+            self.verdict = Verdict(_edited(now), tuple(str(exc).splitlines()))
             logger.error("config change refused, the last good configuration keeps running")
             for problem in self.config_problems:
                 logger.error("config change refused: %s", problem)
@@ -105,7 +121,8 @@ class Relay:
         for setting in ("storage", "storage_timeout", "trusted_proxy_hops"):
             if getattr(config, setting) != getattr(self.config, setting):
                 logger.warning("%s changed: it takes effect at the next restart", setting)
-        self.config, self.config_problems, self.loaded_at = config, [], time.time()
+        self.config, self.loaded_at = config, time.time()
+        self.verdict = Verdict(_edited(now))
         self.worker.config_changed()
         logger.info(
             "config reloaded: %d routes, %d mappings", len(config.routes), len(config.mappings)
@@ -125,10 +142,17 @@ class Relay:
             ).start()
 
     def _watch(self, seconds: float) -> None:
+        """Reload an edit once its files stayed unchanged SETTLE seconds: an editor that empties a
+        file, then writes it, must not have the empty file read (and refused) in between."""
         while True:
             time.sleep(seconds)
             try:
-                self.reload_if_changed()
+                edited = fingerprint(self.config.path)
+                if edited == self._seen:
+                    continue
+                time.sleep(SETTLE)
+                if fingerprint(self.config.path) == edited:
+                    self.reload_if_changed()
             except Exception:  # a bug here must not stop the watching; the old config runs on
                 logger.exception("config reload failed")
 

@@ -29,11 +29,9 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("hooks", __name__)
 
 
-def create_app(config: Config | None = None, worker: bool | None = None) -> Flask:
-    """Build the relay's web app; with no config, load RELAY_CONFIG.
-
-    The delivery worker runs in this process unless `worker` is False or RELAY_WORKER=off.
-    """
+def create_app(config: Config | None = None) -> Flask:
+    """Assemble the relay's web app; with no config, load RELAY_CONFIG. It starts nothing: what
+    runs beside the requests is started by whoever serves the app (`start`)."""
     configure_logging()
     relay = Relay(config or load_config(default_config_path()))
     app = Flask(__name__)
@@ -48,11 +46,17 @@ def create_app(config: Config | None = None, worker: bool | None = None) -> Flas
     if relay.config.trusted_proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=relay.config.trusted_proxy_hops)  # type: ignore[method-assign]
     relay.warn()
-    deliver = worker if worker is not None else os.environ.get("RELAY_WORKER", "on") != "off"
+    return app
+
+
+def start(app: Flask, deliver: bool | None = None) -> None:
+    """Start what runs beside the app's requests (Relay.start): the delivery worker too, unless
+    `deliver` is False or RELAY_WORKER=off (a delivery process of its own runs it)."""
+    relay: Relay = app.extensions["relay"]
+    deliver = deliver if deliver is not None else os.environ.get("RELAY_WORKER", "on") != "off"
     relay.start(deliver)
     if deliver:
         atexit.register(relay.worker.stop)
-    return app
 
 
 def relay() -> Relay:

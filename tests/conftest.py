@@ -29,7 +29,7 @@ from hookrelay.auth import sign
 from hookrelay.config import load_config
 from hookrelay.sources import Incoming
 from hookrelay.store import Store, Stored
-from hookrelay.web import create_app
+from hookrelay.web import create_app, start
 from tests.fakes.server import FakeServer
 from tests.fakes.vendors import BREVO_KEY, MAILCHIMP_KEY, TRELLO_KEY, TRELLO_TOKEN
 
@@ -191,7 +191,8 @@ class RunningRelay:
     """The relay's web app on a real loopback port, in this process."""
 
     def __init__(self, config_path: Path, worker: bool = True) -> None:
-        self.app = create_app(load_config(config_path), worker=worker)
+        self.app = create_app(load_config(config_path))
+        start(self.app, deliver=worker)
         self.relay = self.app.extensions["relay"]
         self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"

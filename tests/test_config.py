@@ -10,7 +10,7 @@ import requests
 from hookrelay.config import load_config
 from hookrelay.destinations import DESTINATIONS
 from hookrelay.errors import ConfigError, InvalidConfig
-from tests.conftest import PASS_MAPPING, participation, relay_command, write_config
+from tests.conftest import PASS_MAPPING, basic_config, participation, relay_command, write_config
 
 GOOD = """\
 storage: sqlite:///relay.db
@@ -344,3 +344,20 @@ def test_a_file_yaml_cannot_read_is_one_line_naming_its_line(tmp_path, content, 
     assert checked.stderr.strip() == f"Error: {tmp_path / 'config.yaml'}:2: {message}" + (
         "; remove it" if "U+" in message else ": save the file as UTF-8"
     )
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "- a list\n"])
+def test_an_empty_config_is_refused_and_the_last_good_config_runs(
+    tmp_path, sink, start_relay, text
+):
+    """An editor empties the file, then writes it: a reload in between must not run a relay with
+    no destinations (which would end every pending delivery as one to a removed destination)."""
+    path = basic_config(tmp_path, sink.url)
+    relay = start_relay(path)
+    running = relay.relay.config
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)  # seen even within one tick
+    assert relay.relay.reload_if_changed() is False
+    assert relay.relay.config is running
+    [problem] = relay.relay.config_problems
+    assert problem.startswith(str(path)) and "expected a mapping of settings" in problem

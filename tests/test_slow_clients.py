@@ -220,7 +220,7 @@ def test_a_body_read_that_ran_out_of_time_is_answered_408(tmp_path, monkeypatch)
         readinto = read
 
     monkeypatch.setenv("RELAY_TEST_STORAGE", f"sqlite:///{tmp_path}/relay.db")
-    app = create_app(load_config(basic_config(tmp_path)), worker=False)
+    app = create_app(load_config(basic_config(tmp_path)))  # starts nothing
     body = participation(1)
     answer = app.test_client().post(
         "/hooks/qualifio",

@@ -106,13 +106,13 @@ class Alerter:
         store, relay = self.relay.store, self.relay
         now = store.clock()
         found = {(a.kind, a.subject): a for a in self._read()}
+        edited_at, problems = relay.verdict  # read once: the reload thread may change it
         refused = found.get(("config_refused", ""))
-        if relay.config_problems and (refused is None or (refused.last_at or 0) < relay.edited_at):
+        if problems and (refused is None or (refused.last_at or 0) < edited_at):
             with store.transaction() as conn:
-                error = mask(relay.config_problems[0])
-                state.note(conn, "config_refused", "", 1, error, now, at=relay.edited_at)
-        elif not relay.config_problems and refused and refused.firing:
-            state.clear(store, "config_refused", "", at=relay.edited_at)
+                state.note(conn, "config_refused", "", 1, mask(problems[0]), now, at=edited_at)
+        elif not problems and refused and refused.firing:
+            state.clear(store, "config_refused", "", at=edited_at)
         for alert in found.values():
             if alert.kind == "dead" and alert.firing and alert.last_at is not None:
                 if state.delivered_since(store, alert.subject, alert.last_at):
