@@ -14,6 +14,9 @@ import requests
 import sqlalchemy as sa
 from standardwebhooks import Webhook
 
+from hookrelay.alerts import outbox
+from hookrelay.alerts.messages import Message
+from hookrelay.database import alert_messages, new_id
 from tests.conftest import FORBIDDEN, PG_URL, basic_config, participation, relay_command
 from tests.fakes.server import Answer, FakeServer, Received
 from tests.fakes.smtp import FakeSmtp
@@ -292,3 +295,41 @@ def test_readyz_reports_an_alerts_thread_that_died(
         )
     )
     assert answer["problems"] == ["thread alerts is not alive"]
+
+
+def test_an_outbox_row_that_cannot_be_read_fails_alone(
+    tmp_path: Path, servers, start_relay, monkeypatch
+) -> None:
+    sink, slack, hook, smtp, _ = servers
+    monkeypatch.setenv("SMTP_URL", smtp.url)
+    relay = start_relay(alert_config(tmp_path, sink, slack, hook)).relay
+    store, [channel, *_] = relay.store, relay.config.alerting.channels
+    good = Message(new_id(), "test", "", False, 0, 0, None, None, None)
+    with store.transaction() as conn:
+        conn.execute(
+            alert_messages.insert(),
+            [
+                {
+                    "id": new_id(),
+                    "channel": channel.key,
+                    "body": "{not json",
+                    "attempts": 0,
+                    "next_try_at": 0.0,
+                    "claimed_until": 0.0,
+                    "created_at": store.clock(),
+                },
+            ],
+        )
+        outbox.add(conn, [channel.key], good, store.clock())
+    wait_until(lambda: slack.seen)
+    assert "test alert" in slack.seen[0].json()["text"]
+
+    def left() -> list[tuple[str, int, str]]:
+        with store.engine.connect() as conn:
+            query = sa.select(alert_messages.c.body, alert_messages.c.attempts)
+            return [
+                tuple(row) for row in conn.execute(query.add_columns(alert_messages.c.last_error))
+            ]
+
+    assert wait_until(lambda: left() and left()[0][1] == 1)  # tried again later, for a day
+    assert left() == [("{not json", 1, "internal error (JSONDecodeError)")]

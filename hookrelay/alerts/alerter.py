@@ -148,10 +148,12 @@ class Alerter:
                 self._send(channel, outgoing)
 
     def _send(self, channel: Channel, outgoing: outbox.Outgoing) -> None:
-        """Send one message; whatever the channel raises is that message's failure."""
-        store, message = self.relay.store, outgoing.message
-        what = f"alert {message.kind} {message.subject or '-'} to {channel.label}"
+        """Send one message; whatever reading or sending it raises is that message's failure."""
+        store = self.relay.store
+        what = f"alert {outgoing.id} to {channel.label}"
         try:
+            message = outgoing.message
+            what = f"alert {message.kind} {message.subject or '-'} to {channel.label}"
             answer = channel.send(message)
         except Exception as exc:
             if not isinstance(exc, AlertFailed):

@@ -45,9 +45,13 @@ def add(conn: Connection, channels: Sequence[str], message: Message, now: float)
 class Outgoing:
     id: str
     channel: str
-    message: Message
+    body: str  # the Message as JSON: read when sent, so a row that cannot be read fails alone
     attempts: int
     created_at: float
+
+    @property
+    def message(self) -> Message:
+        return Message.from_json(self.body)
 
 
 _OUTBOX = sa.select(
@@ -67,7 +71,7 @@ def due(store: Store) -> list[Outgoing]:
     """The messages to send now: a read, no write lock."""
     with store.engine.connect() as conn:
         rows = conn.execute(_OUTBOX.order_by(alert_messages.c.id), {"now": store.clock()})
-        return [Outgoing(i, c, Message.from_json(b), a, t) for i, c, b, a, t in rows]
+        return [Outgoing(*row) for row in rows]
 
 
 def claim(store: Store, outgoing: Outgoing, lease: float) -> bool:
