@@ -237,7 +237,7 @@ def test_alert_settings_and_their_defaults(tmp_path: Path, monkeypatch) -> None:
     alerting = load_config(path).alerting
     assert [c.label for c in alerting.channels] == [
         "slack (hooks.example.com)",
-        "email to ops@example.org, team@example.org",
+        "email (127.0.0.1)",
         "http (example.com)",
     ]
     assert (alerting.dead, alerting.backlog, alerting.storage) == (True, None, 30.0)

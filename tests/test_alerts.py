@@ -269,7 +269,7 @@ def test_alert_test_says_what_each_channel_answered(tmp_path: Path, servers) -> 
         assert done.returncode == 1, done.stderr
         lines = done.stdout.splitlines() + done.stderr.splitlines()
         assert "slack (127.0.0.1): 200" in "\n".join(lines)
-        assert f"email to ops@example.org: accepted by 127.0.0.1:{smtp.port}" in "\n".join(lines)
+        assert f"email (127.0.0.1): accepted by 127.0.0.1:{smtp.port} for 1 of 1" in lines
         assert "http (127.0.0.1): FAILED: http (127.0.0.1) answered 500: no" in done.stderr
         assert "token" not in done.stdout + done.stderr  # the webhook's URL is a secret
         [mail] = smtp.mails

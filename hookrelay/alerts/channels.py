@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from hookrelay.alerts.messages import Message
+from hookrelay.alerts.messages import Message, mask
 from hookrelay.destinations import Context, _http
 from hookrelay.destinations.http import Http
 from hookrelay.errors import ConfigError, RelayError
@@ -116,7 +116,7 @@ class Email:
         user = unquote(server.username or "")
         self.sender = sender or (user if "@" in user else f"hookrelay@{server.hostname}")
         self.key = _key(self.type, *self.to)
-        self.label = f"email to {', '.join(self.to)}"
+        self.label = f"email ({server.hostname})"  # no address: labels go to the log
 
     def send(self, message: Message) -> str:
         mail = email.message.EmailMessage()
@@ -138,9 +138,8 @@ class Email:
                     smtp.login(unquote(server.username), unquote(server.password or ""))
                 refused = smtp.send_message(mail)
         except (smtplib.SMTPException, OSError) as exc:
-            raise AlertFailed(f"{self.label} via {host}:{port}: {_smtp_error(exc)}") from None
-        taken = [r for r in self.to if r not in refused]
-        return f"accepted by {host}:{port} for {', '.join(taken)}"
+            raise AlertFailed(f"{self.label} via {host}:{port}: {mask(_smtp_error(exc))}") from None
+        return f"accepted by {host}:{port} for {len(self.to) - len(refused)} of {len(self.to)}"
 
     def _secure(self, smtp: smtplib.SMTP, host: str) -> None:
         if self.server.scheme == "smtps":
