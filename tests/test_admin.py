@@ -479,3 +479,17 @@ def test_save_validates_first_then_writes_and_the_relay_runs_it(
     assert (
         console.post("/admin/playground/save", {"name": "../x", "mapping": ""}).status_code == 400
     )
+
+
+def test_overview_says_where_alerts_go_what_fires_and_what_a_channel_did_not_take(
+    open_console, sink
+):
+    assert "off: no channel under <code>alerts:</code>" in open_console().get("/admin").text
+    extra = f'alerts: [{{type: slack, url: "{sink.url}/slack"}}]\n        alert_wait: 0s'
+    live = open_console(worker=True, extra=extra)
+    dead_event(live, sink)  # the sink refuses the alert too
+    wait_for(lambda: "not taken after 1 tries" in live.get("/admin").text, timeout=20)
+    page = live.get("/admin").text
+    assert "to slack (127.0.0.1)" in page and "dead sink:" in page and "firing since" in page
+    assert "slack (127.0.0.1) answered 400: no such list" in page
+    assert sink.url not in page  # a webhook's address is a secret

@@ -18,6 +18,8 @@ from werkzeug.exceptions import HTTPException
 
 from hookrelay import activity, health, history, showing
 from hookrelay.admin import bp, chart, relay
+from hookrelay.alerts import outbox
+from hookrelay.alerts import state as alert_state
 from hookrelay.database import STATUSES, Status
 from hookrelay.sources import normalise
 
@@ -42,11 +44,12 @@ def _error(error: HTTPException) -> ResponseReturnValue:
 @bp.get("")  # registered first: the links say /admin
 def overview() -> ResponseReturnValue:
     """Per destination, where deliveries stand; per source, what came; the last 24 hours as a
-    chart; the configuration and the storage."""
+    chart; the configuration, the storage and the alerts."""
     r, now = relay(), time.time()
     since = now - activity.DAY
     received, delivered = activity.per_minute(r.store, since, 1440)
     totals, counted_at = current_app.extensions["admin_totals"].get(r.store)
+    labels = {c.key: c.label for c in r.config.alerting.channels}
     return render_template(
         "admin/overview.html",
         now=now,
@@ -62,6 +65,11 @@ def overview() -> ResponseReturnValue:
         relay=r,
         storage=_storage_problems(),
         statuses=STATUSES,
+        alerts=[a for a in alert_state.read_all(r.store) if a.firing or a.unsent or a.reported],
+        untaken=[
+            (labels.get(key, "a channel no longer configured"), attempts, error)
+            for key, attempts, error in outbox.failing(r.store)
+        ],
     )
 
 

@@ -107,3 +107,15 @@ def failed(store: Store, outgoing: Outgoing, error: str) -> float:
             {"the_id": outgoing.id},
         )
     return at
+
+
+_FAILING = sa.select(
+    alert_messages.c.channel, alert_messages.c.attempts, alert_messages.c.last_error
+).where(alert_messages.c.attempts > 0)
+
+
+def failing(store: Store) -> list[tuple[str, int, str | None]]:
+    """The messages a channel did not take yet (the admin console shows them): channel key,
+    attempts, last error."""
+    with store.engine.connect() as conn:
+        return [(c, a, e) for c, a, e in conn.execute(_FAILING.order_by(alert_messages.c.id))]
