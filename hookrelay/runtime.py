@@ -150,9 +150,12 @@ class Relay:
                 edited = fingerprint(self.config.path)
                 if edited == self._seen:
                     continue
-                time.sleep(SETTLE)
-                if fingerprint(self.config.path) == edited:
-                    self.reload_if_changed()
+                while True:  # until the files stay unchanged SETTLE seconds
+                    time.sleep(SETTLE)
+                    if (now := fingerprint(self.config.path)) == edited:
+                        break
+                    edited = now
+                self.reload_if_changed()
             except Exception:  # a bug here must not stop the watching; the old config runs on
                 logger.exception("config reload failed")
 

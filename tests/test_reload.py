@@ -93,8 +93,11 @@ def test_edits_are_picked_up_by_every_worker_and_bad_ones_refused(tmp_path, stor
         # answer); an unsigned body is 401 before the reload and 413 after, and stores nothing.
         big = participation(2)
         every_worker_answers(url, big, 413)
+        mark = len(log.read_text())
         edit(config, CONFIG)
         every_worker_answers(url, big, 401)  # the limit is back: now it fails on its signature
+        # The delivery worker too: each of the three processes has reloaded since.
+        wait_until(lambda: log.read_text()[mark:].count("config reloaded") >= 3)
         wait_until(lambda: post_signed(url, participation(3)).status_code == 202)
         found = wait_until(lambda: len(rows(tmp_path)) == 2 and rows(tmp_path))
         assert by_id(found, 3) == {"id": json.loads(participation(3))["id"], "state": "COMPLETED"}
