@@ -190,7 +190,7 @@ class StorageWatch:
             return
         message = _storage_message(alerting, False, self.down_since, self.error)
         for channel in alerting.channels:
-            if channel.key not in self.told and send_now(channel, message):
+            if channel.key not in self.told and _send_now(channel, message):
                 self.told.add(channel.key)
 
     def answered(self, alerting: Alerting, now: float) -> None:
@@ -198,7 +198,7 @@ class StorageWatch:
             return
         message = _storage_message(alerting, True, self.down_since, self.error)
         for channel in alerting.channels:
-            if channel.key in self.told and send_now(channel, message):
+            if channel.key in self.told and _send_now(channel, message):
                 self.told.discard(channel.key)
         if not self.told:
             self.down_since = None
@@ -217,9 +217,9 @@ def _storage_error(exc: Exception) -> str:
     return str(exc)
 
 
-def send_now(channel: Channel, message: Message) -> bool:
-    """Send outside the outbox (a test message, or storage that does not answer); whether the
-    channel took it. Logged either way."""
+def _send_now(channel: Channel, message: Message) -> bool:
+    """Send outside the outbox (storage that does not answer has no outbox); whether the channel
+    took it. Whatever it raises is logged, and the next round tries again."""
     what = f"alert {message.kind} to {channel.label}"
     try:
         answer = channel.send(message)

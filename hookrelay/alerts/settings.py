@@ -12,7 +12,6 @@ from hookrelay.alerts.channels import CHANNELS, Channel
 from hookrelay.document import Document, Key
 from hookrelay.errors import ConfigError
 
-KEYS = ("alerts", "alert_on", "alert_every", "alert_wait", "public_url")
 TRIGGERS = ("dead", "backlog", "config_refused", "storage")
 
 

@@ -193,7 +193,8 @@ _DELIVERED_SINCE = (
 def waiting(store: Store) -> dict[str, tuple[float, int]]:
     """Per destination with pending deliveries: since when the oldest waits, and how many."""
     with store.engine.connect() as conn:
-        return {name: (oldest or 0.0, count) for name, oldest, count in conn.execute(_WAITING)}
+        rows = conn.execute(_WAITING)
+        return {name: (oldest, count) for name, oldest, count in rows if oldest is not None}
 
 
 def delivered_since(store: Store, name: str, since: float) -> bool:
